@@ -1,0 +1,89 @@
+"""The errors of the tlog core: malformed input, failed verification, unknown keys.
+
+Owns the exception hierarchy every package raises for format and verification failures.
+Imports nothing but the standard library.
+
+Every ``verify_*`` and ``open_*`` function in tlog returns normally or raises a subclass of
+:class:`VerificationError`; none of them returns False. Parsers raise :class:`MalformedError`
+naming the field that was wrong, and build nothing on error.
+"""
+
+from __future__ import annotations
+
+
+class TlogError(Exception):
+    """Base class of every error raised by the tlog core."""
+
+
+class MalformedError(TlogError, ValueError):
+    """Input that does not parse: ``field`` names what was wrong, ``reason`` says why."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class VerificationError(TlogError):
+    """A proof, signature or policy check failed."""
+
+
+class ProofError(VerificationError):
+    """A Merkle proof did not recompute the expected root.
+
+    ``expected`` is the root the caller trusted; ``calculated`` the root the proof led to
+    (None when the proof was rejected before any hashing, e.g. for its length).
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        expected: bytes | None = None,
+        calculated: bytes | None = None,
+    ) -> None:
+        detail = reason
+        if expected is not None and calculated is not None:
+            detail += f" (expected root {expected.hex()}, calculated {calculated.hex()})"
+        super().__init__(detail)
+        self.reason = reason
+        self.expected = expected
+        self.calculated = calculated
+
+
+class InconsistentLogError(VerificationError):
+    """Two checkpoints of one log that no consistency proof joins: evidence of a fork.
+
+    Carries both signed checkpoints (note bytes) and the proof that failed, so the error can be
+    written out as self-contained evidence.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        old_checkpoint: bytes,
+        new_checkpoint: bytes,
+        proof: tuple[bytes, ...],
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.old_checkpoint = old_checkpoint
+        self.new_checkpoint = new_checkpoint
+        self.proof = proof
+
+
+class InvalidSignatureError(VerificationError):
+    """A signature by a known key (``key_name``, ``key_id``) did not verify."""
+
+    def __init__(
+        self, key_name: str, key_id: int, reason: str = "signature does not verify"
+    ) -> None:
+        super().__init__(f"{reason}: key {key_name}+{key_id:08x}")
+        self.key_name = key_name
+        self.key_id = key_id
+        self.reason = reason
+
+
+class UnknownKeyError(VerificationError):
+    """Nothing was signed by any key the caller trusts (or the named key is not known)."""

@@ -1,0 +1,303 @@
+"""RFC 6962 inclusion and consistency proofs: which hashes, compute, and RFC 9162 verification.
+
+Owns PATH (inclusion) and PROOF (consistency) generation and their checkers. Imports only
+tlog.hashing, tlog.merkle and tlog.errors.
+
+A proof is a list of subtree ranges (:func:`inclusion_ranges`, :func:`consistency_ranges`);
+each range's hash is a fold of stored hashes. So generating a proof is three steps: a pure
+"which stored hashes" function (``*_indexes``), one ``read_hashes`` call, and a pure
+"compute from these hashes" function (``*_from``). :func:`inclusion_proof` and
+:func:`consistency_proof` do the three in one call.
+
+Verification follows RFC 9162 2.1.3.2 and 2.1.4.2 step by step, including the final
+``sn == 0`` checks and the keep-halving loop, rejects any index or size outside uint64 and any
+proof longer than :data:`MAX_PROOF_LENGTH` before hashing anything, and raises
+:class:`~tlog.errors.ProofError` (never returns False).
+
+Policy outside the RFC's ``0 < old_size < new_size`` (the C2SP tlog-witness rules):
+
+* ``old_size == new_size``: consistent iff the proof is empty and the two roots are equal.
+* ``old_size == 0``: consistent iff the proof is empty and the old root is SHA-256("") —
+  the empty tree is a prefix of every tree. (transparency-dev/merkle rejects size 0
+  outright; the tests record where the two policies differ.)
+* ``old_size > new_size``: an error.
+
+An inclusion proof does not bind the tree size by itself (the size-3 path of leaf 0 also
+verifies as size 4 against the same root), so callers must take size and root together from
+a verified checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tlog.errors import MalformedError, ProofError
+from tlog.hashing import EMPTY_ROOT, HASH_SIZE, node_hash
+from tlog.merkle import HashReader, check_tree_size, range_hash, range_indexes
+
+__all__ = [
+    "MAX_PROOF_LENGTH",
+    "consistency_proof",
+    "consistency_proof_from",
+    "consistency_proof_indexes",
+    "consistency_ranges",
+    "inclusion_proof",
+    "inclusion_proof_from",
+    "inclusion_proof_indexes",
+    "inclusion_ranges",
+    "verify_consistency",
+    "verify_inclusion",
+]
+
+MAX_PROOF_LENGTH = 64
+"""No proof in a tree of fewer than 2**64 leaves has more hashes than this; longer proofs are
+rejected before any work. (Inclusion proofs have at most 64, consistency proofs at most 63
+after the RFC's implicit old root, plus one.)"""
+
+_UINT64_LIMIT = 1 << 64
+
+Range = tuple[int, int]
+
+
+# ---------------------------------------------------------------------------------------------
+# Which subtrees: RFC 6962 PATH and PROOF as ranges [lo, hi), bottom-up.
+
+
+def _split(lo: int, hi: int) -> int:
+    """lo + k, with k the largest power of two strictly less than hi - lo."""
+    return lo + (1 << ((hi - lo - 1).bit_length() - 1))
+
+
+def inclusion_ranges(index: int, tree_size: int) -> list[Range]:
+    """The ranges whose hashes are RFC 6962 PATH(index, D[tree_size]), leaf sibling first."""
+    check_tree_size(tree_size)
+    if not 0 <= index < tree_size:
+        raise MalformedError("index", f"{index} is not below tree_size {tree_size}")
+    ranges: list[Range] = []
+    lo, hi = 0, tree_size
+    while hi - lo > 1:
+        mid = _split(lo, hi)
+        if index < mid:
+            ranges.append((mid, hi))
+            hi = mid
+        else:
+            ranges.append((lo, mid))
+            lo = mid
+    ranges.reverse()
+    return ranges
+
+
+def consistency_ranges(old_size: int, new_size: int) -> list[Range]:
+    """The ranges whose hashes are RFC 6962 PROOF(old_size, D[new_size]), bottom-up.
+
+    Empty when ``old_size`` is 0 or equals ``new_size`` (see the module's size policy).
+    """
+    check_tree_size(old_size, "old_size")
+    check_tree_size(new_size, "new_size")
+    if old_size > new_size:
+        raise MalformedError("old_size", f"{old_size} is larger than new_size {new_size}")
+    if old_size in (0, new_size):
+        return []
+    # SUBPROOF(m, D[lo:hi], b): b ("the verifier knows this subtree's root") holds while lo == 0.
+    ranges: list[Range] = []
+    lo, hi = 0, new_size
+    while old_size != hi:
+        mid = _split(lo, hi)
+        if old_size <= mid:
+            ranges.append((mid, hi))
+            hi = mid
+        else:
+            ranges.append((lo, mid))
+            lo = mid
+    if lo != 0:
+        ranges.append((lo, hi))
+    ranges.reverse()
+    return ranges
+
+
+# ---------------------------------------------------------------------------------------------
+# Which stored hashes, and the proof computed from them.
+
+
+def _indexes(ranges: Sequence[Range]) -> list[int]:
+    return [i for lo, hi in ranges for i in range_indexes(lo, hi)]
+
+
+def _fold(ranges: Sequence[Range], hashes: Sequence[bytes]) -> list[bytes]:
+    want = sum(len(range_indexes(lo, hi)) for lo, hi in ranges)
+    if len(hashes) != want:
+        raise MalformedError("hashes", f"got {len(hashes)} hashes, want {want}")
+    proof: list[bytes] = []
+    at = 0
+    for lo, hi in ranges:
+        count = len(range_indexes(lo, hi))
+        proof.append(range_hash(hashes[at : at + count]))
+        at += count
+    return proof
+
+
+def inclusion_proof_indexes(index: int, tree_size: int) -> list[int]:
+    """The stored hash indexes to read for the inclusion proof of ``index``."""
+    return _indexes(inclusion_ranges(index, tree_size))
+
+
+def inclusion_proof_from(index: int, tree_size: int, hashes: Sequence[bytes]) -> list[bytes]:
+    """The inclusion proof, from the hashes read at :func:`inclusion_proof_indexes`."""
+    return _fold(inclusion_ranges(index, tree_size), hashes)
+
+
+def inclusion_proof(index: int, tree_size: int, reader: HashReader) -> list[bytes]:
+    """RFC 6962 PATH(index, D[tree_size]), in one ``read_hashes`` call."""
+    indexes = inclusion_proof_indexes(index, tree_size)
+    return inclusion_proof_from(index, tree_size, reader.read_hashes(indexes))
+
+
+def consistency_proof_indexes(old_size: int, new_size: int) -> list[int]:
+    """The stored hash indexes to read for the consistency proof from old to new size."""
+    return _indexes(consistency_ranges(old_size, new_size))
+
+
+def consistency_proof_from(old_size: int, new_size: int, hashes: Sequence[bytes]) -> list[bytes]:
+    """The consistency proof, from the hashes read at :func:`consistency_proof_indexes`."""
+    return _fold(consistency_ranges(old_size, new_size), hashes)
+
+
+def consistency_proof(old_size: int, new_size: int, reader: HashReader) -> list[bytes]:
+    """RFC 6962 PROOF(old_size, D[new_size]), in one ``read_hashes`` call."""
+    indexes = consistency_proof_indexes(old_size, new_size)
+    return consistency_proof_from(old_size, new_size, reader.read_hashes(indexes))
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification: RFC 9162 2.1.3.2 and 2.1.4.2.
+
+
+def _check_uint64(value: int, field: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProofError(f"{field} is not an integer")
+    if not 0 <= value < _UINT64_LIMIT:
+        raise ProofError(f"{field} {value} is outside uint64")
+
+
+def _check_hash(value: bytes, field: str) -> None:
+    if not isinstance(value, bytes) or len(value) != HASH_SIZE:
+        raise ProofError(f"{field} is not a {HASH_SIZE}-byte hash")
+
+
+def _check_proof(proof: Sequence[bytes]) -> None:
+    if len(proof) > MAX_PROOF_LENGTH:
+        raise ProofError(f"proof has {len(proof)} hashes, more than {MAX_PROOF_LENGTH}")
+    for i, h in enumerate(proof):
+        _check_hash(h, f"proof[{i}]")
+
+
+def verify_inclusion(
+    leaf_hash: bytes,
+    index: int,
+    tree_size: int,
+    proof: Sequence[bytes],
+    root_hash: bytes,
+) -> None:
+    """Check that ``leaf_hash`` is leaf ``index`` of the tree (``tree_size``, ``root_hash``).
+
+    ``leaf_hash`` is SHA-256(0x00 || entry), not the entry. Raises ProofError.
+    """
+    _check_uint64(index, "index")
+    _check_uint64(tree_size, "tree_size")
+    _check_hash(leaf_hash, "leaf_hash")
+    _check_hash(root_hash, "root_hash")
+    _check_proof(proof)
+    if index >= tree_size:
+        raise ProofError(f"index {index} is not below tree_size {tree_size}")
+
+    fn, sn, r = index, tree_size - 1, leaf_hash
+    for p in proof:
+        if sn == 0:
+            raise ProofError("proof is longer than the path to the root")
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            if not fn & 1:
+                # fn is the last node of its level and has no right sibling: climb past every
+                # level where that stays true.
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            r = node_hash(r, p)
+        fn >>= 1
+        sn >>= 1
+    if sn != 0:
+        raise ProofError("proof is shorter than the path to the root")
+    if r != root_hash:
+        raise ProofError(
+            "inclusion proof does not lead to the root", expected=root_hash, calculated=r
+        )
+
+
+def verify_consistency(
+    old_size: int,
+    new_size: int,
+    proof: Sequence[bytes],
+    old_root: bytes,
+    new_root: bytes,
+) -> None:
+    """Check that the tree (old_size, old_root) is a prefix of (new_size, new_root).
+
+    Raises ProofError; the size policy outside ``0 < old_size < new_size`` is in the module
+    docstring.
+    """
+    _check_uint64(old_size, "old_size")
+    _check_uint64(new_size, "new_size")
+    _check_hash(old_root, "old_root")
+    _check_hash(new_root, "new_root")
+    _check_proof(proof)
+    if old_size > new_size:
+        raise ProofError(f"old_size {old_size} is larger than new_size {new_size}")
+    if old_size == new_size:
+        if proof:
+            raise ProofError("a proof between equal sizes must be empty")
+        if old_root != new_root:
+            raise ProofError("two roots for one tree size", expected=old_root, calculated=new_root)
+        return
+    if old_size == 0:
+        if proof:
+            raise ProofError("a proof from the empty tree must be empty")
+        if old_root != EMPTY_ROOT:
+            raise ProofError(
+                "the root of the empty tree must be SHA-256('')",
+                expected=EMPTY_ROOT,
+                calculated=old_root,
+            )
+        return
+    if not proof:
+        raise ProofError("empty consistency proof between different sizes")
+
+    path = list(proof)
+    # A power-of-two old tree is itself a complete subtree, left out of the proof.
+    if old_size & (old_size - 1) == 0:
+        path.insert(0, old_root)
+    fn, sn = old_size - 1, new_size - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            raise ProofError("proof is longer than needed")
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    if sn != 0:
+        raise ProofError("proof is shorter than needed")
+    if fr != old_root:
+        raise ProofError("proof does not lead to the old root", expected=old_root, calculated=fr)
+    if sr != new_root:
+        raise ProofError("proof does not lead to the new root", expected=new_root, calculated=sr)
