@@ -39,6 +39,7 @@ __all__ = [
     "format_bundle",
     "parse_bundle",
     "verify_bundle",
+    "verify_bundle_inclusion",
 ]
 
 HEADER = "c2sp.org/tlog-proof@v1"
@@ -130,12 +131,22 @@ def verify_bundle(
 
     Raises VerificationError (or MalformedError); never returns an unverified result.
     """
-    data = entry if entry is not None else bundle.extra
-    if data is None:
-        raise MalformedError("bundle.extra", "no entry given and none in the bundle")
     signed = open_checkpoint(
         bundle.checkpoint, log_keys, origin=origin, witnesses=witnesses, quorum=quorum
     )
+    return verify_bundle_inclusion(bundle, signed, entry=entry)
+
+
+def verify_bundle_inclusion(
+    bundle: ProofBundle, signed: SignedCheckpoint, *, entry: bytes | None = None
+) -> VerifiedBundle:
+    """The inclusion half of :func:`verify_bundle`, for a checkpoint already opened from
+    ``bundle.checkpoint`` (callers that report each step separately open it themselves)."""
+    if signed.signed_note != bundle.checkpoint:
+        raise MalformedError("bundle.checkpoint", "is not the checkpoint that was opened")
+    data = entry if entry is not None else bundle.extra
+    if data is None:
+        raise MalformedError("bundle.extra", "no entry given and none in the bundle")
     checkpoint = signed.checkpoint
     leaf = leaf_hash(data)
     verify_inclusion(leaf, bundle.index, checkpoint.tree_size, bundle.proof, checkpoint.root_hash)

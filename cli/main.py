@@ -1,0 +1,41 @@
+"""``meterlog``: one command with noun-verb subcommands.
+
+Owns the top-level parser and the dispatch. Subcommands return an exit code; a
+:class:`~verifier.cli.UsageError` becomes exit code 2 with one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from cli.demo import add_demo_command
+from cli.keys import add_keygen_command
+from verifier.cli import EXIT_USAGE, UsageError, add_verify_commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meterlog",
+        description="meterlog: a transparency log of signed usage receipts that pays creators.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_keygen_command(commands)
+    add_verify_commands(commands)
+    add_demo_command(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        status: int = args.func(args)
+    except UsageError as exc:
+        print(f"meterlog: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Offline checks of checkpoints and proof bundles, with a report of what was and was not checked.
+
+Owns the verifier's answer to "is this file what it claims to be?" for a signed checkpoint
+and for a ``.tlog-proof`` bundle of a meterlog entry, without any network. Every check is
+tlog's; this module decides which checks a trust policy calls for, runs them in order, stops
+at the first failure, and records each step, so a person (or ``--json``) can see exactly
+what was verified and what was not. Imports tlog only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from tlog.bundle import parse_bundle, verify_bundle_inclusion
+from tlog.checkpoint import SignedCheckpoint, open_checkpoint
+from tlog.entry import EdgeKey, Receipt, decode_entry, verify_edge_key, verify_receipt
+from tlog.errors import MalformedError, VerificationError
+from tlog.note import Verifier
+from tlog.parsing import encode_b64
+
+__all__ = ["Check", "Report", "TrustPolicy", "check_bundle", "check_checkpoint"]
+
+Status = Literal["ok", "failed", "not checked"]
+
+
+@dataclass(frozen=True, slots=True)
+class TrustPolicy:
+    """Whom the verifier trusts: the log's keys, and optionally a quorum of witnesses."""
+
+    log_keys: tuple[Verifier, ...]
+    witnesses: tuple[Verifier, ...] = ()
+    quorum: int = 0
+    origin: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One step of a verification: what it was, how it ended, and the detail."""
+
+    name: str
+    status: Status
+    detail: str
+
+
+@dataclass(slots=True)
+class Report:
+    """The steps of one verification, in order. ``ok`` only if no step failed."""
+
+    subject: str
+    checks: list[Check] = field(default_factory=list)
+    facts: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def not_checked(self) -> int:
+        return sum(c.status == "not checked" for c in self.checks)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.status != "failed" for c in self.checks)
+
+    def passed(self, name: str, detail: str) -> None:
+        self.checks.append(Check(name, "ok", detail))
+
+    def failed(self, name: str, error: Exception) -> None:
+        self.checks.append(Check(name, "failed", str(error)))
+
+    def skipped(self, name: str, why: str) -> None:
+        self.checks.append(Check(name, "not checked", why))
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "subject": self.subject,
+            "ok": self.ok,
+            "checks": [
+                {"name": c.name, "status": c.status, "detail": c.detail} for c in self.checks
+            ],
+            **self.facts,
+        }
+
+
+def _describe_signers(signed: SignedCheckpoint, policy: TrustPolicy) -> str:
+    names = [
+        f"{key.name}+{key.key_id:08x}" for key in policy.log_keys if signed.note.signed_by(key)
+    ]
+    return "signed by " + ", ".join(names)
+
+
+def _checkpoint_facts(report: Report, signed: SignedCheckpoint) -> None:
+    checkpoint = signed.checkpoint
+    report.facts.update(
+        origin=checkpoint.origin,
+        tree_size=checkpoint.tree_size,
+        root_hash=encode_b64(checkpoint.root_hash),
+        witnesses=[w.name for w in signed.witnesses],
+    )
+
+
+def _open(report: Report, note: bytes, policy: TrustPolicy) -> SignedCheckpoint | None:
+    try:
+        signed = open_checkpoint(
+            note,
+            policy.log_keys,
+            origin=policy.origin,
+            witnesses=policy.witnesses,
+            quorum=policy.quorum,
+        )
+    except (VerificationError, MalformedError) as exc:
+        report.failed("checkpoint signature", exc)
+        return None
+    report.passed("checkpoint signature", _describe_signers(signed, policy))
+    if policy.quorum:
+        report.passed(
+            "witness quorum",
+            f"{len(signed.witnesses)} of {len(policy.witnesses)} witnesses cosigned "
+            f"(policy needs {policy.quorum})",
+        )
+    else:
+        report.skipped("witness quorum", "no witness policy given")
+    _checkpoint_facts(report, signed)
+    return signed
+
+
+def check_checkpoint(note: bytes, policy: TrustPolicy, subject: str = "checkpoint") -> Report:
+    """Verify a signed checkpoint note against a trust policy."""
+    report = Report(subject)
+    _open(report, note, policy)
+    return report
+
+
+def check_bundle(
+    data: bytes,
+    policy: TrustPolicy,
+    edge_keys: Sequence[Verifier] = (),
+    operator_keys: Sequence[Verifier] = (),
+    subject: str = "bundle",
+) -> Report:
+    """Verify a ``.tlog-proof`` bundle of a meterlog entry, offline.
+
+    Checks, in order: the bundle parses; the checkpoint is signed by a log key (and cosigned
+    by the witness quorum, if the policy has one); the entry in the bundle is included at its
+    index under that checkpoint; the entry decodes; and its own signature — a receipt's by
+    its edge key, an edge-key statement's by the operator — when that key is given.
+    """
+    report = Report(subject)
+    try:
+        bundle = parse_bundle(data)
+    except MalformedError as exc:
+        report.failed("bundle format", exc)
+        return report
+    report.passed("bundle format", "c2sp.org/tlog-proof@v1")
+    signed = _open(report, bundle.checkpoint, policy)
+    if signed is None:
+        return report
+    try:
+        verified = verify_bundle_inclusion(bundle, signed)
+    except (VerificationError, MalformedError) as exc:
+        report.failed("inclusion", exc)
+        return report
+    tree_size = verified.checkpoint.checkpoint.tree_size
+    report.passed("inclusion", f"entry is leaf {verified.index} of the tree of size {tree_size}")
+    report.facts.update(index=verified.index, leaf_hash=encode_b64(verified.leaf_hash))
+    try:
+        entry = decode_entry(verified.entry)
+    except MalformedError as exc:
+        report.failed("entry format", exc)
+        return report
+    report.passed("entry format", f"a canonical {entry.kind} entry")
+    report.facts["entry"] = entry.kind
+    if isinstance(entry, Receipt):
+        report.facts.update(request_id=entry.request_id, edge=entry.edge)
+        _check_signature(report, "receipt signature", entry, edge_keys, "--edge-key")
+    elif isinstance(entry, EdgeKey):
+        report.facts.update(edge=entry.edge)
+        _check_signature(report, "operator signature", entry, operator_keys, "--operator-key")
+    return report
+
+
+def _check_signature(
+    report: Report,
+    name: str,
+    entry: Receipt | EdgeKey,
+    keys: Sequence[Verifier],
+    flag: str,
+) -> None:
+    if isinstance(entry, Receipt):
+        signer, key_id = entry.edge, entry.key_id
+    else:
+        signer, key_id = "the operator", entry.operator_key_id
+    matching = [k for k in keys if f"{k.key_id:08x}" == key_id]
+    if not matching:
+        report.skipped(name, f"no key given for {signer} (key ID {key_id}); pass it with {flag}")
+        return
+    key = matching[0]
+    try:
+        if isinstance(entry, Receipt):
+            verify_receipt(entry, key)
+        else:
+            verify_edge_key(entry, key)
+    except (VerificationError, MalformedError) as exc:
+        report.failed(name, exc)
+        return
+    report.passed(name, f"signed by {key.name}+{key.key_id:08x}")
