@@ -59,8 +59,9 @@ class ProofBundle:
     """Application data; in meterlog, the logged entry."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.index, bool) or not 0 <= self.index < 1 << 63:
-            raise MalformedError("bundle.index", f"{self.index} is outside 0..2**63-1")
+        index = self.index
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 1 << 63:
+            raise MalformedError("bundle.index", f"{index!r} is not an integer in 0..2**63-1")
         if len(self.proof) > MAX_PROOF_LENGTH:
             raise MalformedError("bundle.proof", f"more than {MAX_PROOF_LENGTH} hashes")
         for h in self.proof:

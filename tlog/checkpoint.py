@@ -21,6 +21,7 @@ True
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,6 +40,10 @@ __all__ = [
 ]
 
 
+def _has_control(line: str) -> bool:
+    return any(unicodedata.category(c) == "Cc" for c in line)
+
+
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """A log's commitment to its first ``tree_size`` entries: their ``root_hash``."""
@@ -49,17 +54,23 @@ class Checkpoint:
     extensions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not self.origin or "\n" in self.origin:
-            raise MalformedError("checkpoint.origin", "empty or not one line")
-        if isinstance(self.tree_size, bool) or not 0 <= self.tree_size <= MAX_INT63:
-            raise MalformedError("checkpoint.tree_size", f"{self.tree_size} outside 0..2**63-1")
+        if not self.origin or _has_control(self.origin):
+            raise MalformedError("checkpoint.origin", "empty, or holds a control character")
+        size = self.tree_size
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_INT63:
+            raise MalformedError(
+                "checkpoint.tree_size", f"{size!r} is not an integer in 0..2**63-1"
+            )
         if len(self.root_hash) != HASH_SIZE:
             raise MalformedError("checkpoint.root_hash", f"not {HASH_SIZE} bytes")
         if self.tree_size == 0 and self.root_hash != EMPTY_ROOT:
             raise MalformedError("checkpoint.root_hash", "a tree of size 0 has root SHA-256('')")
         for line in self.extensions:
-            if not line or "\n" in line:
-                raise MalformedError("checkpoint.extensions", "an extension line is empty")
+            if not line or _has_control(line):
+                raise MalformedError(
+                    "checkpoint.extensions",
+                    "an extension line is empty or holds a control character",
+                )
 
 
 def format_checkpoint(checkpoint: Checkpoint) -> str:

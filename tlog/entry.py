@@ -28,7 +28,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, TypeAlias
+from typing import ClassVar, TypeAlias, TypeVar
 
 from tlog.errors import MalformedError, UnknownKeyError
 from tlog.note import ALG_ED25519, SigningKey, Verifier, parse_vkey
@@ -64,11 +64,13 @@ SCOPES = ("training", "inference", "preview")
 CACHE_STATUSES = ("hit", "miss")
 EDGE_KEY_ACTIONS = ("register", "rotate", "revoke")
 
-_ID = re.compile(r"[\x21-\x2a\x2c-\x7e]{1,256}")  # printable ASCII, no space, no '+'
+_ID = re.compile(r"[\x21-\x2a\x2c-\x7e]{1,255}")  # printable ASCII, no space or '+': a key name
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _KEY_ID = re.compile(r"[0-9a-f]{8}")
 _MAX_SAMPLE_DENOMINATOR = 1 << 32
+
+_T = TypeVar("_T", str, int, list[object])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,7 +115,7 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     obj: dict[str, object] = {}
     for key, value in pairs:
         if key in obj:
-            raise MalformedError(key, "duplicate key")
+            raise MalformedError(f"$.{key}", "duplicate key")
         obj[key] = value
     return obj
 
@@ -136,13 +138,16 @@ def parse_canonical_json(data: bytes, field: str = "entry") -> dict[str, object]
             parse_float=_no_float,
             parse_constant=_no_constant,
         )
+        # Out-of-range integers and lone surrogates are found while re-encoding: inside the
+        # try, so that their "$..." paths are renamed to start at `field` too.
+        canonical = canonical_json(value) if isinstance(value, dict) else None
     except MalformedError as exc:
-        raise MalformedError(f"{field}.{exc.field}".removesuffix(".$"), exc.reason) from exc
+        raise MalformedError(field + exc.field.removeprefix("$"), exc.reason) from exc
     except (ValueError, RecursionError) as exc:
         raise MalformedError(field, f"not JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise MalformedError(field, "not a JSON object")
-    if canonical_json(value) != data:
+    if canonical != data:
         raise MalformedError(field, "not in canonical form (RFC 8785: sorted keys, no spaces)")
     return value
 
@@ -174,47 +179,65 @@ def _check_signature(value: bytes, field: str) -> None:
 
 
 class _Reader:
-    """Takes typed fields out of a decoded object; anything left over is an unknown field."""
+    """Takes typed fields out of a decoded object; anything left over is an unknown field.
+
+    Only types are checked here; values are checked by the entry's ``__post_init__``.
+    """
 
     def __init__(self, obj: Mapping[str, object], kind: str) -> None:
         self._obj = dict(obj)
         self._kind = kind
 
-    def take(self, name: str, *, optional: bool = False) -> object:
+    def _take(self, name: str, kind: type[_T]) -> _T:
         if name not in self._obj:
-            if optional:
-                return None
             raise MalformedError(f"{self._kind}.{name}", "missing")
-        return self._obj.pop(name)
-
-    def text(self, name: str, *, optional: bool = False) -> str | None:
-        value = self.take(name, optional=optional)
-        if value is not None and not isinstance(value, str):
-            raise MalformedError(f"{self._kind}.{name}", f"{value!r} is not a string")
+        value = self._obj.pop(name)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise MalformedError(f"{self._kind}.{name}", f"{value!r} is not {kind.__name__}")
         return value
 
-    def integer(self, name: str, *, optional: bool = False) -> int | None:
-        value = self.take(name, optional=optional)
-        if value is not None:
-            _check_int(value, f"{self._kind}.{name}")
-            assert isinstance(value, int)  # noqa: S101 -- narrowed by _check_int
+    def text(self, name: str) -> str:
+        return self._take(name, str)
+
+    def integer(self, name: str) -> int:
+        return self._take(name, int)
+
+    def optional_text(self, name: str) -> str | None:
+        return self.text(name) if name in self._obj else None
+
+    def optional_integer(self, name: str) -> int | None:
+        return self.integer(name) if name in self._obj else None
+
+    def integer_pair(self, name: str) -> tuple[int, int]:
+        value = self._take(name, list)
+        if len(value) != 2:
+            raise MalformedError(f"{self._kind}.{name}", "not a pair [a, b]")
+        pair: list[int] = []
+        for i, item in enumerate(value):
+            if isinstance(item, bool) or not isinstance(item, int):
+                raise MalformedError(f"{self._kind}.{name}[{i}]", f"{item!r} is not int")
+            pair.append(item)
+        return pair[0], pair[1]
+
+    def key_id(self, name: str) -> str:
+        """A key ID, which every logged (signed) entry has."""
+        value = self.text(name)
+        _check_text(value, f"{self._kind}.{name}", _KEY_ID)
         return value
 
     def signature(self) -> bytes:
-        value = self.text("signature")
-        assert value is not None  # noqa: S101 -- not optional
-        return decode_b64(value, f"{self._kind}.signature")
+        signature = decode_b64(self.text("signature"), f"{self._kind}.signature")
+        if not signature:
+            # encode_entry never writes an unsigned entry, so decode_entry must not accept one.
+            raise MalformedError(
+                f"{self._kind}.signature", "empty: unsigned entries are not logged"
+            )
+        return signature
 
     def finish(self) -> None:
         if self._obj:
             unknown = sorted(self._obj)[0]
             raise MalformedError(f"{self._kind}.{unknown}", "unknown field")
-
-
-def _required(value: str | int | None) -> str:
-    if not isinstance(value, str):
-        raise MalformedError("entry", "internal: required text field was None")
-    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,33 +315,24 @@ class Receipt:
 
     @classmethod
     def _read(cls, r: _Reader) -> Receipt:
-        rate = r.take("sample_rate")
-        if not (isinstance(rate, list) and len(rate) == 2):
-            raise MalformedError("receipt.sample_rate", "not [numerator, denominator]")
         return cls(
-            request_id=_required(r.text("request_id")),
-            edge=_required(r.text("edge")),
-            key_id=_required(r.text("key_id")),
-            consumer_id=_required(r.text("consumer_id")),
-            token_id=_required(r.text("token_id")),
-            job_id=r.text("job_id", optional=True),
-            scope=_required(r.text("scope")),
-            content_id=_required(r.text("content_id")),
-            creator_id=_required(r.text("creator_id")),
-            manifest=_required(r.text("manifest")),
-            bytes_sent=_int(r.integer("bytes_sent")),
-            cache=_required(r.text("cache")),
-            served_at_ms=_int(r.integer("served_at_ms")),
-            sample_rate=(rate[0], rate[1]),
+            request_id=r.text("request_id"),
+            edge=r.text("edge"),
+            key_id=r.key_id("key_id"),
+            consumer_id=r.text("consumer_id"),
+            token_id=r.text("token_id"),
+            job_id=r.optional_text("job_id"),
+            scope=r.text("scope"),
+            content_id=r.text("content_id"),
+            creator_id=r.text("creator_id"),
+            manifest=r.text("manifest"),
+            bytes_sent=r.integer("bytes_sent"),
+            cache=r.text("cache"),
+            served_at_ms=r.integer("served_at_ms"),
+            sample_rate=r.integer_pair("sample_rate"),
             signature=r.signature(),
-            logged_at_ms=r.integer("logged_at_ms", optional=True),
+            logged_at_ms=r.optional_integer("logged_at_ms"),
         )
-
-
-def _int(value: int | None) -> int:
-    if value is None:
-        raise MalformedError("entry", "internal: required integer field was None")
-    return value
 
 
 def _check_sample_rate(rate: object) -> None:
@@ -403,15 +417,15 @@ class EdgeKey:
     @classmethod
     def _read(cls, r: _Reader) -> EdgeKey:
         return cls(
-            action=_required(r.text("action")),
-            edge=_required(r.text("edge")),
-            key=_required(r.text("key")),
-            valid_from_ms=_int(r.integer("valid_from_ms")),
-            valid_until_ms=r.integer("valid_until_ms", optional=True),
-            replaces=r.text("replaces", optional=True),
-            operator_key_id=_required(r.text("operator_key_id")),
+            action=r.text("action"),
+            edge=r.text("edge"),
+            key=r.text("key"),
+            valid_from_ms=r.integer("valid_from_ms"),
+            valid_until_ms=r.optional_integer("valid_until_ms"),
+            replaces=r.optional_text("replaces"),
+            operator_key_id=r.key_id("operator_key_id"),
             signature=r.signature(),
-            logged_at_ms=r.integer("logged_at_ms", optional=True),
+            logged_at_ms=r.optional_integer("logged_at_ms"),
         )
 
 

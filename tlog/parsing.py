@@ -27,8 +27,12 @@ MAX_INT63 = (1 << 63) - 1
 
 def parse_decimal(text: str, field: str, maximum: int = MAX_INT63) -> int:
     """A canonical ASCII decimal in ``0..maximum``; MalformedError naming ``field`` otherwise."""
-    if not (text.isascii() and text.isdigit()) or str(int(text)) != text:
+    if not (text.isascii() and text.isdigit()) or (len(text) > 1 and text[0] == "0"):
         raise MalformedError(field, f"{text!r} is not a canonical decimal")
+    # More digits than the maximum is too large; it must not reach int(), which refuses
+    # strings of over 4300 digits with a plain ValueError, not a MalformedError.
+    if len(text) > len(str(maximum)):
+        raise MalformedError(field, f"a {len(text)}-digit number is larger than {maximum}")
     value = int(text)
     if value > maximum:
         raise MalformedError(field, f"{value} is larger than {maximum}")
