@@ -11,8 +11,9 @@ each range's hash is a fold of stored hashes. So generating a proof is three ste
 
 Verification follows RFC 9162 2.1.3.2 and 2.1.4.2 step by step, including the final
 ``sn == 0`` checks and the keep-halving loop, rejects any index or size outside uint64 and any
-proof longer than :data:`MAX_PROOF_LENGTH` before hashing anything, and raises
-:class:`~tlog.errors.ProofError` (never returns False).
+proof longer than :data:`MAX_PROOF_LENGTH` (inclusion) or :data:`MAX_CONSISTENCY_PROOF_LENGTH`
+(consistency) before hashing anything, and raises :class:`~tlog.errors.ProofError` (never
+returns False).
 
 Policy outside the RFC's ``0 < old_size < new_size`` (the C2SP tlog-witness rules):
 
@@ -22,9 +23,10 @@ Policy outside the RFC's ``0 < old_size < new_size`` (the C2SP tlog-witness rule
   outright; the tests record where the two policies differ.)
 * ``old_size > new_size``: an error.
 
-An inclusion proof does not bind the tree size by itself (the size-3 path of leaf 0 also
-verifies as size 4 against the same root), so callers must take size and root together from
-a verified checkpoint.
+Neither kind of proof binds the tree size by itself: the size-3 path of leaf 0 also verifies
+as size 4 against the same root, and PROOF(1, D[3]) also verifies as 1 -> 4 against the same
+two roots. So callers must take each size and root together from a verified checkpoint.
+(``old_size`` is bound: the RFC's "proof too long" and ``sn == 0`` checks see to that.)
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from tlog.hashing import EMPTY_ROOT, HASH_SIZE, node_hash
 from tlog.merkle import HashReader, check_tree_size, range_hash, range_indexes
 
 __all__ = [
+    "MAX_CONSISTENCY_PROOF_LENGTH",
     "MAX_PROOF_LENGTH",
     "consistency_proof",
     "consistency_proof_from",
@@ -50,9 +53,13 @@ __all__ = [
 ]
 
 MAX_PROOF_LENGTH = 64
-"""No proof in a tree of fewer than 2**64 leaves has more hashes than this; longer proofs are
-rejected before any work. (Inclusion proofs have at most 64, consistency proofs at most 63
-after the RFC's implicit old root, plus one.)"""
+"""No inclusion proof in a tree of fewer than 2**64 leaves has more hashes than this (a leaf is
+at most 64 levels deep); longer inclusion proofs are rejected before any work."""
+
+MAX_CONSISTENCY_PROOF_LENGTH = MAX_PROOF_LENGTH + 1
+"""A consistency proof can hold one hash more than an inclusion proof: the siblings on the way
+up (at most 64) plus the hash of the old tree's last subtree when the old size is not a power
+of two, e.g. 65 hashes for PROOF(3, D[2**64 - 1]). Longer ones are rejected before any work."""
 
 _UINT64_LIMIT = 1 << 64
 
@@ -184,9 +191,9 @@ def _check_hash(value: bytes, field: str) -> None:
         raise ProofError(f"{field} is not a {HASH_SIZE}-byte hash")
 
 
-def _check_proof(proof: Sequence[bytes]) -> None:
-    if len(proof) > MAX_PROOF_LENGTH:
-        raise ProofError(f"proof has {len(proof)} hashes, more than {MAX_PROOF_LENGTH}")
+def _check_proof(proof: Sequence[bytes], max_length: int) -> None:
+    if len(proof) > max_length:
+        raise ProofError(f"proof has {len(proof)} hashes, more than {max_length}")
     for i, h in enumerate(proof):
         _check_hash(h, f"proof[{i}]")
 
@@ -206,7 +213,7 @@ def verify_inclusion(
     _check_uint64(tree_size, "tree_size")
     _check_hash(leaf_hash, "leaf_hash")
     _check_hash(root_hash, "root_hash")
-    _check_proof(proof)
+    _check_proof(proof, MAX_PROOF_LENGTH)
     if index >= tree_size:
         raise ProofError(f"index {index} is not below tree_size {tree_size}")
 
@@ -250,7 +257,7 @@ def verify_consistency(
     _check_uint64(new_size, "new_size")
     _check_hash(old_root, "old_root")
     _check_hash(new_root, "new_root")
-    _check_proof(proof)
+    _check_proof(proof, MAX_CONSISTENCY_PROOF_LENGTH)
     if old_size > new_size:
         raise ProofError(f"old_size {old_size} is larger than new_size {new_size}")
     if old_size == new_size:
@@ -258,6 +265,12 @@ def verify_consistency(
             raise ProofError("a proof between equal sizes must be empty")
         if old_root != new_root:
             raise ProofError("two roots for one tree size", expected=old_root, calculated=new_root)
+        if old_size == 0 and old_root != EMPTY_ROOT:
+            raise ProofError(
+                "the root of the empty tree must be SHA-256('')",
+                expected=EMPTY_ROOT,
+                calculated=old_root,
+            )
         return
     if old_size == 0:
         if proof:
