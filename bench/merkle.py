@@ -1,49 +1,56 @@
 """Benchmark: appending leaves to tlog's Merkle tree, against a floor and against merkletools.
 
-Owns nothing the log uses; it is a script, not a test, and asserts no timing. It imports
-tlog.hashing and tlog.merkle, and merkletools only if it is installed (``make bench`` installs
-merkletools==1.0.3 with --no-deps; see docs/design/dependencies.md for why never more).
+A script, not a test: it prints figures and asserts none. It imports tlog.hashing and
+tlog.merkle, and merkletools only if that is installed (``make bench`` installs
+merkletools==1.0.3 with --no-deps; docs/design/dependencies.md says why it is no more than a
+baseline). Nothing in meterlog imports this file.
 
-What one run measures, all on the same pre-generated entries (deterministic, 100 bytes each,
-built before any timing starts):
+All timings use the same entries: ``--leaves`` deterministic 100-byte entries, generated before
+any timing starts.
 
-- ours: ``--leaves`` leaves appended in batches of ``--batch`` to a MemoryHashStore. Each batch
-  is ``leaf_hash`` of every entry, ``store.append`` of the batch, then ``root_hash`` of the new
-  tree size. Every batch is timed on its own; the total is their sum.
-- floor: a bare loop over the same entries doing the two SHA-256 calls that each leaf costs at
-  the very least, on inputs of the same shapes: ``sha256(0x00 || entry).digest()`` then
-  ``sha256(0x01 || h || h).digest()`` (64 bytes after the prefix). A leaf adds on average one
-  interior node, so this is the hashing that cannot be avoided; the rest of our time is
-  Python bookkeeping.
+- ours: the entries appended in batches of ``--batch`` to a MemoryHashStore. A batch is
+  ``leaf_hash`` of each entry, ``store.append`` of the batch, then ``root_hash`` of the new
+  tree size. Each batch is timed on its own.
+- floor: a bare loop over the same entries doing two SHA-256 calls per leaf, on inputs of the
+  same shapes as ours: ``sha256(0x00 || entry).digest()`` then ``sha256(0x01 || h || h)
+  .digest()`` (64 bytes after the prefix). Appending adds on average one interior node per
+  leaf, so this is the hashing no implementation can skip; the rest of our time is Python.
 - flatness: the median batch time over the first 10 batches, over the 10 batches around each
-  power of ten in between, and over the last 10. A batch costs O(batch + log tree_size), so
-  last/first should stay near 1.
-- merkletools, sampled: at tree sizes 10**3, 10**4, ... up to ``--leaves``, one batch the way
-  merkletools has to do it: ``add_leaf(batch, do_hash=True)`` then ``make_tree()``, which
-  rebuilds the whole tree. The leaves before that batch are added untimed. Doing this at every
-  batch point would be O(n**2), hence sampled. A point is skipped when the previous one
-  suggests it would take more than about 30 s.
+  power of ten in between (10**4 and 10**5 with the defaults) and over the last 10. A batch
+  costs O(batch + log tree_size), so last/first should stay near 1.
+- merkletools, sampled: at tree sizes 10**3, 10**4, ... up to ``--leaves`` (each rounded up to
+  a whole number of batches), the batch that ends at that size, done the only way merkletools
+  can: ``add_leaf(batch, do_hash=True)`` then ``make_tree()``, which rebuilds the whole tree.
+  The leaves before that batch are added untimed. Rebuilding at every one of the batch points
+  would be O(n**2), hence the sampling. A size is skipped (with those above it) when the one
+  below suggests more than about 30 s.
 
-Ratios, as printed and in ``--json``:
+Noise: the floor and our append run ``--repeat`` times, alternately. The floor time is the
+fastest floor run, our time the fastest complete run; the flatness windows and the merkletools
+comparison use, for each batch, its fastest time over the runs. merkletools is timed
+``--repeat`` times per size and its fastest time kept. On a shared 2-core machine single runs
+show slow spells of a few hundred milliseconds; the fastest of several runs filters them out.
 
-- ``append_leaves_per_s``: ``ratio`` = our time / floor time (equivalently floor leaves/s /
-  our leaves/s). 1.0 would be pure hashing; the target is <= 3.
-- ``batch_time_flatness``: ``value`` = median batch time of the last 10 batches / that of the
-  first 10. ``batch_time_s_*`` lines carry each window's median, ``ratio`` = it / first.
-- ``merkletools_speedup_at_<size>``: ``value`` = merkletools' time for one batch at that size /
-  our median batch time around that size (higher means tlog is faster).
+Figures, with ``--json`` one JSON object per line on stdout, each exactly
+``{"metric", "value", "unit", "floor", "ratio"}`` (floor and ratio null where they do not
+apply); notes then go to stderr. Without ``--json`` readable lines go to stdout.
 
-``--json`` prints one JSON object per line on stdout, each with exactly the keys metric, value,
-unit, floor, ratio (floor and ratio are null where they do not apply); notes go to stderr.
-Without ``--json`` it prints readable lines on stdout.
+- ``append_leaves_per_s``: ``value`` our leaves/s, ``floor`` the floor's leaves/s, ``ratio``
+  our time / floor time (= floor leaves/s / our leaves/s; 1.0 would be bare hashing; the
+  target is <= 3).
+- ``batch_time_s_<window>`` (first, at_10000, at_100000, last): the window's median batch
+  time in seconds, ``ratio`` = it / the first window's.
+- ``batch_time_flatness``: ``value`` = last window's median / first window's.
+- ``merkletools_batch_time_s_at_<size>``: merkletools' time for the batch ending at that size.
+- ``merkletools_speedup_at_<size>``: ``value`` = that time / our median batch time in the
+  window around the same size (higher: tlog faster).
 
-Run: ``.venv/bin/python bench/merkle.py [--leaves N] [--batch B] [--json]``
+Run: ``.venv/bin/python bench/merkle.py [--leaves N] [--batch B] [--repeat R] [--json]``
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import statistics
 import sys
@@ -59,24 +66,22 @@ from tlog.merkle import MemoryHashStore, root_hash
 ENTRY_SIZE = 100
 WINDOW = 10
 MERKLETOOLS_BUDGET_S = 30.0
-MERKLETOOLS_REPEATS = 5
-MERKLETOOLS_REPEAT_LIMIT = 100_000
 MERKLETOOLS_INSTALL = (
     "make bench  (or: .venv/bin/python -m pip install --no-deps merkletools==1.0.3)"
 )
 
 
 def make_entries(count: int) -> list[bytes]:
-    """``count`` distinct, deterministic, 100-byte ASCII entries (JSON-shaped)."""
+    """``count`` distinct, deterministic, 100-byte ASCII entries (canonical JSON objects)."""
     entries = []
     for i in range(count):
-        head = b'{"kind":"bench","index":%d,"pad":"' % i
+        head = b'{"index":%d,"kind":"bench","pad":"' % i
         entries.append(head.ljust(ENTRY_SIZE - 2, b"x") + b'"}')
     return entries
 
 
 def time_floor(entries: Sequence[bytes]) -> float:
-    """Seconds for two bare SHA-256 calls per entry: the least work one leaf can cost."""
+    """Seconds for two bare SHA-256 calls per entry: the least hashing one leaf can cost."""
     start = time.perf_counter()
     for entry in entries:
         h = sha256(b"\x00" + entry).digest()
@@ -98,15 +103,15 @@ def time_tlog(entries: Sequence[bytes], batch: int) -> list[float]:
 
 
 def load_merkletools() -> type[Any] | None:
-    """merkletools.MerkleTools, or None if it is not installed.
+    """merkletools.MerkleTools, or None if merkletools is not installed.
 
-    merkletools warns on import when pysha3 is missing (it always is: --no-deps); SHA-256
-    comes from hashlib and does not need it, so the warning is silenced here.
+    merkletools warns on import that pysha3 is missing (with --no-deps it always is); its
+    SHA-256 comes from hashlib and does not need pysha3, so the warning is silenced here.
     """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            import merkletools  # noqa: PLC0415
+            import merkletools  # type: ignore[import-untyped]  # noqa: PLC0415
     except ImportError:
         return None
     tree_class: type[Any] = merkletools.MerkleTools
@@ -116,10 +121,10 @@ def load_merkletools() -> type[Any] | None:
 def time_merkletools_batch(
     tree_class: type[Any], entries: Sequence[bytes], size: int, batch: int
 ) -> float:
-    """Seconds for merkletools to take the batch that brings its tree to ``size``.
+    """Seconds for merkletools to take the batch that brings its tree to ``size`` leaves.
 
-    The ``size - batch`` leaves before it are added untimed; the timed part is what
-    merkletools does on every change: add the leaves, then rebuild the whole tree.
+    The ``size - batch`` leaves before it are added untimed; the timed part is what merkletools
+    does on every change: add the new leaves, then rebuild the whole tree.
     """
     tree = tree_class(hash_type="sha256")
     tree.add_leaf([entry.decode("ascii") for entry in entries[: size - batch]], do_hash=True)
@@ -151,19 +156,6 @@ def window(times: Sequence[float], batch: int, size: int) -> tuple[int, int]:
     return lo, min(len(times), lo + WINDOW)
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Time tlog Merkle appends against a bare-hashing floor and merkletools."
-    )
-    parser.add_argument("--leaves", type=int, default=1_000_000, help="leaves to append")
-    parser.add_argument("--batch", type=int, default=1_000, help="leaves per batch")
-    parser.add_argument("--json", action="store_true", help="one JSON object per metric on stdout")
-    args = parser.parse_args(argv)
-    if args.batch < 1 or args.leaves < args.batch or args.leaves % args.batch:
-        parser.error("--leaves must be a positive multiple of --batch")
-    return args
-
-
 class Report:
     """Readable lines on stdout; with --json, JSON lines on stdout and notes on stderr."""
 
@@ -190,9 +182,7 @@ class Report:
             print(line, flush=True)
 
 
-def report_append(out: Report, times: Sequence[float], floor_s: float, batch: int) -> None:
-    leaves = len(times) * batch
-    ours_s = sum(times)
+def report_append(out: Report, ours_s: float, floor_s: float, leaves: int, batch: int) -> None:
     ours_rate = leaves / ours_s
     floor_rate = leaves / floor_s
     ratio = ours_s / floor_s
@@ -237,34 +227,32 @@ def report_flatness(out: Report, times: Sequence[float], batch: int) -> None:
 
 
 def report_merkletools(
-    out: Report, entries: Sequence[bytes], times: Sequence[float], batch: int
+    out: Report, entries: Sequence[bytes], times: Sequence[float], batch: int, repeat: int
 ) -> None:
     tree_class = load_merkletools()
     if tree_class is None:
         out.note(f"merkletools: not installed, skipped. To include it: {MERKLETOOLS_INSTALL}")
         return
     out.note(
-        "merkletools: sampled at a few tree sizes only (a rebuild at each of the batch points "
-        "would be O(n^2)); one batch = add_leaf(batch, do_hash=True) + make_tree(), the "
-        f"leaves before it added untimed; median of {MERKLETOOLS_REPEATS} runs up to "
-        f"{MERKLETOOLS_REPEAT_LIMIT:,} leaves, 1 run above; against our median batch time "
-        "around the same size"
+        "merkletools: sampled at a few tree sizes only (rebuilding at all the batch points would "
+        "be O(n^2)); one batch = add_leaf(batch, do_hash=True) + make_tree(), the leaves before "
+        f"it added untimed; best of {repeat}, against our median batch time around the "
+        "same size"
     )
+    # Powers of ten, each rounded up to the end of a batch.
+    sizes = sorted({-(-p // batch) * batch for p in powers_of_ten(batch, len(entries))})
     previous: tuple[int, float] | None = None
-    for size in powers_of_ten(batch, len(entries)):
-        if size % batch:
-            continue
+    for size in (s for s in sizes if s <= len(entries)):
         if previous is not None:
             estimate_s = previous[1] * size / previous[0]
             if estimate_s > MERKLETOOLS_BUDGET_S:
                 out.note(
-                    f"merkletools at {size:,}: skipped, one batch would take about "
+                    f"merkletools at {size:,} and above: skipped, one batch would take about "
                     f"{estimate_s:.0f} s (> {MERKLETOOLS_BUDGET_S:.0f} s)"
                 )
                 break
-        repeats = MERKLETOOLS_REPEATS if size <= MERKLETOOLS_REPEAT_LIMIT else 1
-        theirs_s = statistics.median(
-            time_merkletools_batch(tree_class, entries, size, batch) for _ in range(repeats)
+        theirs_s = min(
+            time_merkletools_batch(tree_class, entries, size, batch) for _ in range(repeat)
         )
         lo, hi = window(times, batch, size)
         ours_s = statistics.median(times[lo:hi])
@@ -285,20 +273,46 @@ def report_merkletools(
         previous = (size, theirs_s)
 
 
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Time tlog Merkle appends against a bare-hashing floor and merkletools."
+    )
+    parser.add_argument("--leaves", type=int, default=1_000_000, help="leaves to append")
+    parser.add_argument("--batch", type=int, default=1_000, help="leaves per batch")
+    parser.add_argument(
+        "--repeat", type=int, default=5, help="runs of each measurement; the fastest is kept"
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per metric")
+    args = parser.parse_args(argv)
+    if args.batch < 1 or args.leaves < args.batch or args.leaves % args.batch:
+        parser.error("--leaves must be a positive multiple of --batch")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out = Report(args.json)
     leaves: int = args.leaves
     batch: int = args.batch
+    repeat: int = args.repeat
 
-    out.note(f"entries: {leaves:,} x {ENTRY_SIZE} bytes, generated before timing")
+    out.note(
+        f"entries: {leaves:,} x {ENTRY_SIZE} bytes, generated before timing; floor and tlog "
+        f"runs alternate, best of {repeat} kept"
+    )
     entries = make_entries(leaves)
-    gc.collect()
-    floor_s = time_floor(entries)
-    times = time_tlog(entries, batch)
-    report_append(out, times, floor_s, batch)
-    report_flatness(out, times, batch)
-    report_merkletools(out, entries, times, batch)
+    floor_runs: list[float] = []
+    tlog_runs: list[list[float]] = []
+    for _ in range(repeat):
+        floor_runs.append(time_floor(entries))
+        tlog_runs.append(time_tlog(entries, batch))
+    best_batches = [min(run) for run in zip(*tlog_runs, strict=True)]
+
+    report_append(out, min(sum(run) for run in tlog_runs), min(floor_runs), leaves, batch)
+    report_flatness(out, best_batches, batch)
+    report_merkletools(out, entries, best_batches, batch, repeat)
     return 0
 
 
