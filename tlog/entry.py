@@ -33,6 +33,7 @@ from typing import ClassVar, TypeAlias, TypeVar
 from tlog.errors import MalformedError, UnknownKeyError
 from tlog.note import ALG_ED25519, SigningKey, Verifier, parse_vkey
 from tlog.parsing import decode_b64, encode_b64
+from tlog.tiles import MAX_ENTRY_SIZE
 
 __all__ = [
     "CACHE_STATUSES",
@@ -55,8 +56,6 @@ __all__ = [
 
 JSONValue: TypeAlias = "str | int | bool | list[JSONValue] | dict[str, JSONValue]"
 
-MAX_ENTRY_SIZE = 0xFFFF
-"""The largest entry: a tile entry bundle frames each entry with a uint16 length."""
 MAX_SAFE_INTEGER = (1 << 53) - 1
 """RFC 8785 serialises numbers as IEEE doubles; integers beyond this would not round-trip."""
 

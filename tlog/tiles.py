@@ -36,6 +36,7 @@ from tlog.parsing import parse_decimal
 
 __all__ = [
     "ENTRIES",
+    "MAX_ENTRY_SIZE",
     "MAX_LEVEL",
     "TILE_HEIGHT",
     "TILE_WIDTH",
@@ -60,7 +61,7 @@ ENTRIES = -1
 """The ``level`` of an entry bundle (``tile/entries/...``), as Go uses -1 for data tiles."""
 MAX_LEVEL = 63
 MAX_ENTRY_SIZE = 0xFFFF
-"""Entries in a bundle are framed by a big-endian uint16 length."""
+"""Entries in a bundle are framed by a big-endian uint16 length, so no entry is larger."""
 
 _N_GROUP = re.compile(r"[0-9]{3}")
 
