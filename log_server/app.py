@@ -1,0 +1,466 @@
+"""The log's HTTP surface: ``create_app(config)`` builds the Starlette app.
+
+Owns the route list, request parsing, the mapping of errors to HTTP statuses (in one place,
+the exception handlers), and the lifespan that opens storage and starts the scheduler (seal
+the pool every ``pool_interval_s``; re-sign the checkpoint every ``checkpoint_interval_s``).
+Handlers are thin: parse, call storage, the pool or tlog, format. Imports tlog and log_server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from log_server.config import Config, DataDir
+from log_server.sequencer import (
+    Conflict,
+    Logged,
+    LogIdentity,
+    OverloadedError,
+    Pool,
+    Rejected,
+    sequence,
+)
+from log_server.storage import Storage, StoredCheckpoint
+from tlog.bundle import ProofBundle, format_bundle
+from tlog.entry import (
+    EdgeKey,
+    Receipt,
+    canonical_json,
+    decode_entry,
+    sign_edge_key,
+    verify_receipt,
+)
+from tlog.errors import MalformedError, VerificationError
+from tlog.note import parse_vkey
+from tlog.parsing import encode_b64, parse_decimal
+from tlog.proofs import consistency_proof, inclusion_proof
+from tlog.tiles import (
+    ENTRIES,
+    TILE_HEIGHT,
+    TILE_WIDTH,
+    encode_entry_bundle,
+    parse_tile_path,
+    tile_hash_indexes,
+)
+
+__all__ = ["create_app"]
+
+_IMMUTABLE = "public, max-age=31536000, immutable"
+_SHORT = "public, max-age=1"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class _State:
+    config: Config
+    storage: Storage
+    pool: Pool
+    keys: DataDir
+
+
+def _state(request: Request) -> _State:
+    state: _State = request.app.state.log
+    return state
+
+
+def _error(status: int, field: str, reason: str) -> JSONResponse:
+    return JSONResponse({"error": {"field": field, "reason": reason}}, status_code=status)
+
+
+# -- writing ------------------------------------------------------------------------------
+
+
+def _parse_batch(body: bytes, content_type: str, limit: int) -> list[object]:
+    """The submitted items: a JSON array, or JSON Lines (each line one canonical receipt)."""
+    text = body.decode("utf-8", errors="strict")
+    if (
+        "json-seq" in content_type
+        or "jsonl" in content_type
+        or "ndjson" in content_type
+        or (not text.lstrip().startswith("["))
+    ):
+        items: list[object] = [line.encode() for line in text.splitlines() if line.strip()]
+    else:
+        value = json.loads(text, parse_float=_reject_float, parse_constant=_reject_float)
+        if not isinstance(value, list):
+            raise MalformedError("body", "not a JSON array of receipts")
+        items = list(value)
+    if not items:
+        raise MalformedError("body", "no receipts")
+    if len(items) > limit:
+        raise HTTPException(413, f"{len(items)} receipts in one batch; the limit is {limit}")
+    return items
+
+
+def _reject_float(text: str) -> object:
+    raise MalformedError("body", f"number {text} is not an integer")
+
+
+def _validate(item: object, state: _State, now_ms: int) -> Receipt:
+    """One submitted receipt, checked before it may join the pool. Raises MalformedError
+    naming the field that is wrong (a bad signature names ``receipt.signature``)."""
+    entry = decode_entry(item if isinstance(item, bytes) else canonical_json(item))
+    if not isinstance(entry, Receipt):
+        raise MalformedError("receipt.kind", "only receipts may be submitted here")
+    if entry.logged_at_ms is not None:
+        raise MalformedError("receipt.logged_at_ms", "is set by the log, not the edge")
+    config = state.config
+    if entry.served_at_ms > now_ms + config.max_future_skew_ms:
+        raise MalformedError("receipt.served_at_ms", "is in the future beyond the allowed skew")
+    if entry.served_at_ms < now_ms - config.max_age_ms:
+        raise MalformedError("receipt.served_at_ms", "is older than the log accepts")
+    record = state.storage.edge_key(entry.edge, entry.key_id)
+    if record is None:
+        raise MalformedError("receipt.key_id", f"no edge key {entry.edge}+{entry.key_id}")
+    try:
+        verify_receipt(entry, parse_vkey(record.vkey))
+    except VerificationError as exc:
+        raise MalformedError("receipt.signature", str(exc)) from exc
+    return entry
+
+
+def _validate_all(
+    items: Sequence[object], state: _State, now_ms: int
+) -> tuple[list[dict[str, object] | None], list[tuple[int, Receipt]]]:
+    results: list[dict[str, object] | None] = [None] * len(items)
+    valid: list[tuple[int, Receipt]] = []
+    for i, item in enumerate(items):
+        try:
+            valid.append((i, _validate(item, state, now_ms)))
+        except MalformedError as exc:
+            results[i] = {"status": "rejected", "error": {"field": exc.field, "reason": exc.reason}}
+    return results, valid
+
+
+def _bundle(state: _State, index: int, data: bytes, checkpoint: StoredCheckpoint) -> str:
+    proof = inclusion_proof(index, checkpoint.tree_size, state.storage)
+    bundle = ProofBundle(index, tuple(proof), checkpoint.note, extra=data)
+    return format_bundle(bundle).decode()
+
+
+def _answers(
+    state: _State, outcomes: Sequence[object], checkpoint: StoredCheckpoint
+) -> list[dict[str, object]]:
+    answers: list[dict[str, object]] = []
+    for outcome in outcomes:
+        if isinstance(outcome, Logged):
+            answers.append(
+                {
+                    "status": "duplicate" if outcome.duplicate else "logged",
+                    "index": outcome.index,
+                    "bundle": _bundle(state, outcome.index, outcome.data, checkpoint),
+                }
+            )
+        elif isinstance(outcome, Conflict):
+            answers.append(
+                {
+                    "status": "conflict",
+                    "index": outcome.index,
+                    "error": {
+                        "field": "receipt.request_id",
+                        "reason": "already logged with different content",
+                    },
+                }
+            )
+        elif isinstance(outcome, Rejected):
+            answers.append(
+                {"status": "rejected", "error": {"field": outcome.field, "reason": outcome.reason}}
+            )
+    return answers
+
+
+async def submit_receipts(request: Request) -> Response:
+    """Validate a batch, pool the valid receipts, and answer after the seal that logs them.
+
+    200 with one result per receipt, in order; 422 (same body) when every receipt was
+    rejected; 400/413 when the batch itself cannot be read; 503 when the log is overloaded.
+    """
+    state = _state(request)
+    config = state.config
+    body = await _read_body(request, config.max_body_bytes)
+    items = _parse_batch(body, request.headers.get("content-type", ""), config.max_batch_receipts)
+    results, valid = await asyncio.to_thread(_validate_all, items, state, _now_ms())
+    if valid:
+        outcomes, checkpoint = await state.pool.submit([receipt for _, receipt in valid])
+        answers = await asyncio.to_thread(_answers, state, outcomes, checkpoint)
+        for (position, _), answer in zip(valid, answers, strict=True):
+            results[position] = answer
+    accepted = any(r is not None and r["status"] in ("logged", "duplicate") for r in results)
+    return JSONResponse({"results": results}, status_code=200 if accepted else 422)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"body of {declared} bytes is over the {limit}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"body is over the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _authorize(request: Request, state: _State) -> None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    expected = state.keys.operator_token.encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected):
+        raise HTTPException(401, "a valid operator bearer token is required")
+
+
+_EDGE_KEY_FIELDS = {
+    "action": str,
+    "edge": str,
+    "key": str,
+    "valid_from_ms": int,
+    "valid_until_ms": int,
+    "replaces": str,
+}
+
+
+async def admin_edge_key(request: Request) -> Response:
+    """Register, rotate or revoke an edge key: an ``edge_key`` entry signed by the operator."""
+    state = _state(request)
+    _authorize(request, state)
+    obj = json.loads(await _read_body(request, 64 << 10), parse_float=_reject_float)
+    if not isinstance(obj, dict):
+        raise MalformedError("body", "not a JSON object")
+    for name, value in obj.items():
+        kind = _EDGE_KEY_FIELDS.get(name)
+        if kind is None:
+            raise MalformedError(f"edge_key.{name}", "unknown field")
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise MalformedError(f"edge_key.{name}", f"{value!r} is not {kind.__name__}")
+    for name in ("action", "edge", "key", "valid_from_ms"):
+        if name not in obj:
+            raise MalformedError(f"edge_key.{name}", "missing")
+    signed = sign_edge_key(EdgeKey(**obj), state.keys.operator_key)
+    outcomes, checkpoint = await state.pool.submit([signed])
+    answers = await asyncio.to_thread(_answers, state, outcomes, checkpoint)
+    return JSONResponse(answers[0])
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+async def get_checkpoint(request: Request) -> Response:
+    latest = await asyncio.to_thread(_state(request).storage.latest_checkpoint)
+    if latest is None:
+        raise HTTPException(503, "the log has not signed a checkpoint yet")
+    return Response(
+        latest.note,
+        media_type="text/plain; charset=utf-8",
+        headers={"Cache-Control": _SHORT},
+    )
+
+
+async def get_tile(request: Request) -> Response:
+    state = _state(request)
+    tile = parse_tile_path("tile/" + request.path_params["path"])
+    size = await asyncio.to_thread(state.storage.tree_size)
+    level = 0 if tile.level == ENTRIES else tile.level
+    available = (size >> (TILE_HEIGHT * level)) - tile.n * TILE_WIDTH
+    if available < tile.width:
+        raise HTTPException(404, f"{tile.path()} is not in the tree of size {size}")
+    if tile.level == ENTRIES:
+        start = tile.n * TILE_WIDTH
+        records = await asyncio.to_thread(state.storage.entries, start, start + tile.width)
+        data = encode_entry_bundle([r.data for r in records])
+    else:
+        hashes = await asyncio.to_thread(state.storage.read_hashes, tile_hash_indexes(tile))
+        data = b"".join(hashes)
+    cache = _SHORT if tile.is_partial else _IMMUTABLE
+    return Response(data, media_type="application/octet-stream", headers={"Cache-Control": cache})
+
+
+def _query_int(request: Request, name: str, default: int | None = None) -> int:
+    text = request.query_params.get(name)
+    if text is None:
+        if default is None:
+            raise MalformedError(name, "missing")
+        return default
+    return parse_decimal(text, name)
+
+
+async def get_inclusion(request: Request) -> Response:
+    state = _state(request)
+    size = await asyncio.to_thread(state.storage.tree_size)
+    tree_size = _query_int(request, "tree_size", size)
+    if not 0 < tree_size <= size:
+        raise MalformedError("tree_size", f"{tree_size} is not in 1..{size}")
+    index = _query_int(request, "index")
+    if index >= tree_size:
+        raise MalformedError("index", f"{index} is not below tree_size {tree_size}")
+    proof = await asyncio.to_thread(inclusion_proof, index, tree_size, state.storage)
+    return JSONResponse(
+        {"index": index, "tree_size": tree_size, "proof": [encode_b64(h) for h in proof]}
+    )
+
+
+async def get_consistency(request: Request) -> Response:
+    state = _state(request)
+    size = await asyncio.to_thread(state.storage.tree_size)
+    old_size = _query_int(request, "old_size")
+    new_size = _query_int(request, "new_size", size)
+    if new_size > size:
+        raise MalformedError("new_size", f"{new_size} is larger than the tree ({size})")
+    if old_size > new_size:
+        raise MalformedError("old_size", f"{old_size} is larger than new_size {new_size}")
+    proof = await asyncio.to_thread(consistency_proof, old_size, new_size, state.storage)
+    return JSONResponse(
+        {"old_size": old_size, "new_size": new_size, "proof": [encode_b64(h) for h in proof]}
+    )
+
+
+async def get_entries(request: Request) -> Response:
+    state = _state(request)
+    start = _query_int(request, "start", 0)
+    end = _query_int(request, "end", start + state.config.page_limit)
+    if end < start or end - start > state.config.page_limit:
+        raise MalformedError("end", f"must be in start..start+{state.config.page_limit}")
+    records = await asyncio.to_thread(state.storage.entries, start, end)
+    return JSONResponse(
+        {"entries": [{"index": r.index, "entry": r.data.decode()} for r in records]}
+    )
+
+
+async def get_receipt(request: Request) -> Response:
+    state = _state(request)
+    key = (request.path_params["edge"], request.path_params["request_id"])
+    found = await asyncio.to_thread(state.storage.receipts, [key])
+    record = found.get(key)
+    if record is None:
+        raise HTTPException(404, "no receipt with that edge and request_id")
+    checkpoint = await asyncio.to_thread(state.storage.latest_checkpoint)
+    if checkpoint is None:
+        raise HTTPException(503, "no checkpoint yet")
+    bundle = await asyncio.to_thread(_bundle, state, record.index, record.data, checkpoint)
+    return JSONResponse({"index": record.index, "bundle": bundle})
+
+
+async def get_edge_keys(request: Request) -> Response:
+    records = await asyncio.to_thread(_state(request).storage.edge_keys)
+    return JSONResponse(
+        {
+            "edge_keys": [
+                {
+                    "edge": r.edge,
+                    "key_id": r.key_id,
+                    "key": r.vkey,
+                    "valid_from_ms": r.valid_from_ms,
+                    "valid_until_ms": r.valid_until_ms,
+                    "entry_index": r.entry_index,
+                }
+                for r in records
+            ]
+        }
+    )
+
+
+async def healthz(request: Request) -> Response:
+    state = _state(request)
+    latest = await asyncio.to_thread(state.storage.latest_checkpoint)
+    return JSONResponse(
+        {
+            "ok": latest is not None,
+            "tree_size": 0 if latest is None else latest.tree_size,
+            "checkpoint_age_ms": None if latest is None else _now_ms() - latest.signed_at_ms,
+            "pending": state.pool.pending,
+        }
+    )
+
+
+# -- errors, in one place ---------------------------------------------------------------
+
+
+async def _malformed(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, MalformedError)  # noqa: S101 -- registered for this type only
+    return _error(400, exc.field, exc.reason)
+
+
+async def _http(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)  # noqa: S101
+    return _error(exc.status_code, "request", str(exc.detail))
+
+
+async def _overloaded(request: Request, exc: Exception) -> Response:
+    response = _error(503, "log", str(exc))
+    response.headers["Retry-After"] = "1"
+    return response
+
+
+async def _bad_json(request: Request, exc: Exception) -> Response:
+    return _error(400, "body", f"not valid JSON or UTF-8: {exc}")
+
+
+def create_app(config: Config) -> Starlette:
+    """The log as a Starlette app; storage and the scheduler live for the app's lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        keys = DataDir.prepare(config)
+        storage = await asyncio.to_thread(Storage.open, config.db_url)
+        log = LogIdentity(config.origin, keys.log_key)
+        if await asyncio.to_thread(storage.latest_checkpoint) is None:
+            await asyncio.to_thread(sequence, storage, log, [], _now_ms())
+        pool = Pool(storage, log, _now_ms, config.pool_max_entries, config.max_pending)
+        app.state.log = _State(config, storage, pool, keys)
+        scheduler = AsyncIOScheduler()
+        scheduler.add_job(pool.seal, "interval", seconds=config.pool_interval_s, max_instances=1)
+        scheduler.add_job(
+            _resign, "interval", seconds=config.checkpoint_interval_s, args=[storage, log, pool]
+        )
+        scheduler.start()
+        try:
+            yield
+        finally:
+            scheduler.shutdown(wait=False)
+            await pool.seal()
+            storage.close()
+
+    routes = [
+        Route("/checkpoint", get_checkpoint, methods=["GET"]),
+        Route("/tile/{path:path}", get_tile, methods=["GET"]),
+        Route("/v1/receipts", submit_receipts, methods=["POST"]),
+        Route("/v1/receipts/{edge}/{request_id}", get_receipt, methods=["GET"]),
+        Route("/v1/proofs/inclusion", get_inclusion, methods=["GET"]),
+        Route("/v1/proofs/consistency", get_consistency, methods=["GET"]),
+        Route("/v1/entries", get_entries, methods=["GET"]),
+        Route("/v1/edge-keys", get_edge_keys, methods=["GET"]),
+        Route("/v1/admin/edge-keys", admin_edge_key, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
+    handlers = {
+        MalformedError: _malformed,
+        HTTPException: _http,
+        OverloadedError: _overloaded,
+        json.JSONDecodeError: _bad_json,
+        UnicodeDecodeError: _bad_json,
+    }
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+
+
+async def _resign(storage: Storage, log: LogIdentity, pool: Pool) -> None:
+    """Sign the current tree again with a fresh time, so clients can tell a live log."""
+    if pool.pending:
+        return  # the next seal signs a new checkpoint anyway
+    await asyncio.to_thread(sequence, storage, log, [], _now_ms())

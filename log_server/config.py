@@ -1,0 +1,87 @@
+"""The log server's configuration: one frozen dataclass, and the files it keeps in its data dir.
+
+Owns defaults, limits, and first-start set-up of the data directory (log key, operator key,
+operator token, all mode 0600). Flags, environment variables and the TOML file are mapped
+onto :class:`Config` by ``log_server.cli``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from tlog.note import SigningKey, format_skey, format_vkey, parse_skey
+
+__all__ = ["Config", "DataDir"]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything ``create_app`` needs. Times are in seconds or milliseconds, as named."""
+
+    data_dir: Path
+    origin: str = "localhost/meterlog"
+    db: str | None = None
+    """``sqlite:///PATH`` or ``postgresql://...``; default: SQLite in the data dir."""
+    host: str = "127.0.0.1"
+    port: int = 8080
+    operator_token: str | None = None
+    pool_interval_s: float = 0.5
+    pool_max_entries: int = 4096
+    max_pending: int = 65536
+    checkpoint_interval_s: float = 10.0
+    max_batch_receipts: int = 1024
+    max_body_bytes: int = 8 << 20
+    max_future_skew_ms: int = 5 * 60_000
+    max_age_ms: int = 30 * 24 * 3_600_000
+    page_limit: int = 1000
+
+    @property
+    def db_url(self) -> str:
+        return self.db or f"sqlite:///{self.data_dir / 'log.db'}"
+
+
+def _write_secret(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+
+
+@dataclass(frozen=True, slots=True)
+class DataDir:
+    """The data directory's keys and token, created on first start and reused after."""
+
+    log_key: SigningKey
+    operator_key: SigningKey
+    operator_token: str
+
+    @classmethod
+    def prepare(cls, config: Config) -> DataDir:
+        root = config.data_dir
+        root.mkdir(parents=True, exist_ok=True)
+        log_key = _key(root / "log.key", config.origin)
+        operator_key = _key(root / "operator.key", f"{config.origin}/operator")
+        (root / "log.vkey").write_text(format_vkey(log_key.verifier()) + "\n", encoding="utf-8")
+        (root / "operator.vkey").write_text(
+            format_vkey(operator_key.verifier()) + "\n", encoding="utf-8"
+        )
+        token = config.operator_token
+        token_path = root / "operator.token"
+        if token is None:
+            if not token_path.exists():
+                _write_secret(token_path, secrets.token_urlsafe(32))
+            token = token_path.read_text(encoding="utf-8").strip()
+        return cls(log_key, operator_key, token)
+
+
+def _key(path: Path, name: str) -> SigningKey:
+    if not path.exists():
+        _write_secret(path, format_skey(SigningKey(name, os.urandom(32))))
+    key = parse_skey(path.read_text(encoding="utf-8").strip())
+    if key.name != name:
+        raise ValueError(f"{path} holds a key named {key.name!r}, but the origin wants {name!r}")
+    return key

@@ -1,0 +1,257 @@
+"""The sequencer: a sealed pool of submissions becomes entries, hashes and a checkpoint.
+
+Owns :func:`sequence`, the one function that writes to the log, and :class:`Pool`, which
+gathers validated submissions and seals them every ``pool_interval_s`` or when full. Imports
+tlog and log_server.storage.
+
+Crash ordering. :func:`sequence` does everything inside one :meth:`Storage.sequencing`
+transaction: read the tree size, deduplicate, check each receipt's edge key against the
+registry *as it stands inside the lock*, append the entries and their hashes, and store the
+new signed checkpoint. Nothing is answered before that transaction commits, so
+
+* a crash before the commit loses nothing that was acknowledged (nothing was), and the
+  submitter retries;
+* a crash after the commit but before the answer leaves the entries logged; the retry finds
+  them by (edge, request_id) and gets ``duplicate`` with the original index and a proof.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from log_server.storage import EdgeKeyRecord, EntryRecord, Storage, StoredCheckpoint
+from tlog.checkpoint import Checkpoint, sign_checkpoint
+from tlog.entry import EdgeKey, Entry, Receipt, decode_entry, encode_entry
+from tlog.hashing import leaf_hash
+from tlog.merkle import append_hashes, root_hash, stored_hash_count
+from tlog.note import SigningKey
+
+__all__ = [
+    "Conflict",
+    "LogIdentity",
+    "Logged",
+    "Outcome",
+    "OverloadedError",
+    "Pool",
+    "Rejected",
+    "sequence",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class LogIdentity:
+    """The log's origin and signing key. Checkpoints carry an Ed25519 signature and, from the
+    same key, a timestamped cosignature/v1 line: the log's signed time, which note verifiers
+    that do not know it ignore."""
+
+    origin: str
+    key: SigningKey
+
+
+@dataclass(frozen=True, slots=True)
+class Logged:
+    """The entry (``data``, as logged) is at ``index``; ``duplicate`` if an earlier
+    submission logged it."""
+
+    index: int
+    data: bytes
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """The (edge, request_id) is logged at ``index`` with different content."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Refused inside the lock, e.g. its edge key was revoked meanwhile."""
+
+    field: str
+    reason: str
+
+
+Outcome = Logged | Conflict | Rejected
+
+
+class OverloadedError(Exception):
+    """The pool holds as much pending work as it may: the caller should retry later."""
+
+
+def _signed_part(data: bytes) -> dict[str, object]:
+    entry = decode_entry(data)
+    return dict(entry.signed_fields())
+
+
+def _key_valid(record: EdgeKeyRecord | None, served_at_ms: int) -> str | None:
+    if record is None:
+        return "edge key is not registered"
+    if served_at_ms < record.valid_from_ms:
+        return "edge key was not yet valid when the receipt was served"
+    if record.valid_until_ms is not None and served_at_ms >= record.valid_until_ms:
+        return "edge key was revoked or expired when the receipt was served"
+    return None
+
+
+def _record(index: int, data: bytes, entry: Entry, logged_at_ms: int) -> EntryRecord:
+    if isinstance(entry, Receipt):
+        return EntryRecord(
+            index=index,
+            data=data,
+            leaf_hash=leaf_hash(data),
+            kind=entry.kind,
+            logged_at_ms=logged_at_ms,
+            edge=entry.edge,
+            request_id=entry.request_id,
+            consumer_id=entry.consumer_id,
+            job_id=entry.job_id,
+            creator_id=entry.creator_id,
+            content_id=entry.content_id,
+        )
+    return EntryRecord(index, data, leaf_hash(data), entry.kind, logged_at_ms, edge=entry.edge)
+
+
+def _apply_edge_key(storage: Storage, entry: EdgeKey, index: int) -> None:
+    key_id = f"{entry.verifier.key_id:08x}"
+    storage.put_edge_key(
+        EdgeKeyRecord(
+            entry.edge, key_id, entry.key, entry.valid_from_ms, entry.valid_until_ms, index
+        )
+    )
+    if entry.replaces is not None:
+        old = storage.edge_key(entry.edge, entry.replaces)
+        if old is not None and (
+            old.valid_until_ms is None or old.valid_until_ms > entry.valid_from_ms
+        ):
+            storage.put_edge_key(
+                replace(old, valid_until_ms=entry.valid_from_ms, entry_index=index)
+            )
+
+
+def sequence(
+    storage: Storage, log: LogIdentity, pending: Sequence[Entry], now_ms: int
+) -> tuple[list[Outcome], StoredCheckpoint]:
+    """Append ``pending`` (validated entries, without ``logged_at_ms``) and sign a checkpoint.
+
+    Returns one outcome per pending entry, in order, and the checkpoint that covers them.
+    With nothing pending it re-signs the current tree with a fresh timestamp.
+    """
+    outcomes: list[Outcome] = []
+    with storage.sequencing():
+        size = storage.tree_size()
+        keys = [(e.edge, e.request_id) for e in pending if isinstance(e, Receipt)]
+        logged = storage.receipts(keys) if keys else {}
+        registry: dict[tuple[str, str], EdgeKeyRecord | None] = {}
+        records: list[EntryRecord] = []
+        for entry in pending:
+            if isinstance(entry, Receipt):
+                key = (entry.edge, entry.request_id)
+                prior = logged.get(key)
+                if prior is not None:
+                    if _signed_part(prior.data) == entry.signed_fields():
+                        outcomes.append(Logged(prior.index, prior.data, duplicate=True))
+                    else:
+                        outcomes.append(Conflict(prior.index))
+                    continue
+                key_ref = (entry.edge, entry.key_id)
+                if key_ref not in registry:
+                    registry[key_ref] = storage.edge_key(*key_ref)
+                problem = _key_valid(registry[key_ref], entry.served_at_ms)
+                if problem is not None:
+                    outcomes.append(Rejected("receipt.key_id", problem))
+                    continue
+            data = encode_entry(replace(entry, logged_at_ms=now_ms))
+            record = _record(size + len(records), data, entry, now_ms)
+            records.append(record)
+            if isinstance(entry, Receipt):
+                logged[(entry.edge, entry.request_id)] = record
+            else:
+                # Receipts later in this batch are judged by the registry as this entry leaves it.
+                _apply_edge_key(storage, entry, record.index)
+                registry.clear()
+            outcomes.append(Logged(record.index, record.data))
+        if records:
+            hashes = append_hashes(size, [r.leaf_hash for r in records], storage)
+            storage.append_hashes(stored_hash_count(size), hashes)
+            storage.append_entries(records)
+        new_size = size + len(records)
+        root = root_hash(new_size, storage)
+        note = sign_checkpoint(
+            Checkpoint(log.origin, new_size, root),
+            [log.key.signer(), log.key.cosigner(now_ms // 1000)],
+        )
+        checkpoint = StoredCheckpoint(new_size, root, note, now_ms)
+        storage.append_checkpoint(checkpoint)
+    return outcomes, checkpoint
+
+
+@dataclass
+class _Waiting:
+    entries: list[Entry]
+    future: asyncio.Future[tuple[list[Outcome], StoredCheckpoint]]
+
+
+@dataclass
+class Pool:
+    """Validated submissions waiting for the next seal.
+
+    :meth:`submit` returns only after the seal that logged its entries has committed.
+    :meth:`seal` is called every ``pool_interval_s`` by the scheduler, and at once when the
+    pool holds ``max_entries``. More than ``max_pending`` entries waiting raises OverloadedError.
+    """
+
+    storage: Storage
+    log: LogIdentity
+    clock_ms: Callable[[], int]
+    max_entries: int = 4096
+    max_pending: int = 65536
+    _waiting: list[_Waiting] = field(default_factory=list)
+    _count: int = 0
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _seals: set[asyncio.Task[StoredCheckpoint | None]] = field(default_factory=set)
+
+    @property
+    def pending(self) -> int:
+        return self._count
+
+    async def submit(self, entries: list[Entry]) -> tuple[list[Outcome], StoredCheckpoint]:
+        if self._count + len(entries) > self.max_pending:
+            raise OverloadedError(f"{self._count} entries are already waiting to be logged")
+        future: asyncio.Future[tuple[list[Outcome], StoredCheckpoint]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._waiting.append(_Waiting(entries, future))
+        self._count += len(entries)
+        if self._count >= self.max_entries:
+            task = asyncio.ensure_future(self.seal())
+            self._seals.add(task)
+            task.add_done_callback(self._seals.discard)
+        return await future
+
+    async def seal(self) -> StoredCheckpoint | None:
+        """Log everything waiting, in one transaction; answer each waiter after the commit."""
+        async with self._lock:
+            if not self._waiting:
+                return None
+            batch, self._waiting, self._count = self._waiting, [], 0
+            pending = [e for w in batch for e in w.entries]
+            try:
+                outcomes, checkpoint = await asyncio.to_thread(
+                    sequence, self.storage, self.log, pending, self.clock_ms()
+                )
+            except BaseException as exc:
+                for waiting in batch:
+                    if not waiting.future.done():
+                        waiting.future.set_exception(exc)
+                raise
+            at = 0
+            for waiting in batch:
+                n = len(waiting.entries)
+                if not waiting.future.done():
+                    waiting.future.set_result((outcomes[at : at + n], checkpoint))
+                at += n
+            return checkpoint

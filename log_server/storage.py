@@ -1,0 +1,386 @@
+"""Durable storage of the log: entries, tree hashes, checkpoints and the edge-key registry.
+
+Owns the database schema and every query; the only module that imports peewee. SQLite (WAL,
+``synchronous=FULL``) is the embedded default; PostgreSQL is the same code with a
+``postgresql://`` URL. Imports tlog for types and the storage layout only.
+
+Durability contract (what the sequencer relies on):
+
+* Everything one sequencing step writes — entries, hashes, the edge-key registry rows and
+  the new checkpoint — is written inside :meth:`Storage.sequencing`, one transaction. Either
+  all of it is durable when the ``with`` block exits normally, or none of it is visible.
+* :meth:`Storage.sequencing` holds the sequencer lock for the whole transaction (SQLite:
+  ``BEGIN IMMEDIATE``; PostgreSQL: a transaction-scoped advisory lock), so two processes
+  sharing one database never sequence at once: no gap, no duplicate index, no second root
+  for a size.
+* Hashes are only ever appended at ``stored_hash_count(tree_size)`` onwards; nothing is
+  rewritten. The tree size is the size of the latest stored checkpoint, which is written in
+  the same transaction as the entries it covers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import peewee
+from playhouse.db_url import connect
+
+from tlog.errors import MalformedError
+
+__all__ = ["EdgeKeyRecord", "EntryRecord", "Storage", "StoredCheckpoint"]
+
+_SEQUENCER_LOCK_ID = 0x6D657465726C6F67  # "meterlog"
+_CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class _Schema:
+    """The tables, as peewee models bound to one database (so two Storages never mix)."""
+
+    hashes: type[peewee.Model]
+    entries: type[peewee.Model]
+    checkpoints: type[peewee.Model]
+    edge_keys: type[peewee.Model]
+
+    @property
+    def all(self) -> list[type[peewee.Model]]:
+        return [self.hashes, self.entries, self.checkpoints, self.edge_keys]
+
+
+def _schema(db: peewee.Database) -> _Schema:
+    class Base(peewee.Model):
+        class Meta:
+            database = db
+
+    class Hash(Base):
+        idx = peewee.BigIntegerField(primary_key=True)
+        value = peewee.BlobField()
+
+        class Meta:
+            table_name = "hashes"
+
+    class Entry(Base):
+        idx = peewee.BigIntegerField(primary_key=True)
+        data = peewee.BlobField()
+        leaf_hash = peewee.BlobField(index=True)
+        kind = peewee.TextField()
+        logged_at_ms = peewee.BigIntegerField()
+        edge = peewee.TextField(null=True)
+        request_id = peewee.TextField(null=True)
+        consumer_id = peewee.TextField(null=True, index=True)
+        job_id = peewee.TextField(null=True, index=True)
+        creator_id = peewee.TextField(null=True, index=True)
+        content_id = peewee.TextField(null=True, index=True)
+
+        class Meta:
+            table_name = "entries"
+            # A receipt's idempotency key; NULLs (entries that are not receipts) never collide.
+            indexes = ((("request_id", "edge"), True),)
+
+    class Checkpoint(Base):
+        id = peewee.AutoField()
+        tree_size = peewee.BigIntegerField(index=True)
+        root_hash = peewee.BlobField()
+        note = peewee.BlobField()
+        signed_at_ms = peewee.BigIntegerField()
+
+        class Meta:
+            table_name = "checkpoints"
+
+    class EdgeKey(Base):
+        edge = peewee.TextField()
+        key_id = peewee.TextField()
+        vkey = peewee.TextField()
+        valid_from_ms = peewee.BigIntegerField()
+        valid_until_ms = peewee.BigIntegerField(null=True)
+        entry_index = peewee.BigIntegerField()
+
+        class Meta:
+            table_name = "edge_keys"
+            primary_key = peewee.CompositeKey("edge", "key_id")
+
+    return _Schema(Hash, Entry, Checkpoint, EdgeKey)
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRecord:
+    """One entry as stored, with the columns the read API queries by."""
+
+    index: int
+    data: bytes
+    leaf_hash: bytes
+    kind: str
+    logged_at_ms: int
+    edge: str | None = None
+    request_id: str | None = None
+    consumer_id: str | None = None
+    job_id: str | None = None
+    creator_id: str | None = None
+    content_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCheckpoint:
+    tree_size: int
+    root_hash: bytes
+    note: bytes
+    signed_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeKeyRecord:
+    """An edge key's current validity window, as the latest edge_key entry states it."""
+
+    edge: str
+    key_id: str
+    vkey: str
+    valid_from_ms: int
+    valid_until_ms: int | None
+    entry_index: int
+
+
+def _entry(row: Any) -> EntryRecord:
+    return EntryRecord(
+        index=row.idx,
+        data=bytes(row.data),
+        leaf_hash=bytes(row.leaf_hash),
+        kind=row.kind,
+        logged_at_ms=row.logged_at_ms,
+        edge=row.edge,
+        request_id=row.request_id,
+        consumer_id=row.consumer_id,
+        job_id=row.job_id,
+        creator_id=row.creator_id,
+        content_id=row.content_id,
+    )
+
+
+def _checkpoint(row: Any) -> StoredCheckpoint:
+    return StoredCheckpoint(row.tree_size, bytes(row.root_hash), bytes(row.note), row.signed_at_ms)
+
+
+class Storage:
+    """The log's database. Every method is synchronous; call it from a worker thread."""
+
+    def __init__(self, db: peewee.Database) -> None:
+        # peewee connects lazily, one connection per thread, and keeps it open.
+        self.db = db
+        self._t = _schema(db)
+        db.create_tables(self._t.all, safe=True)
+
+    @classmethod
+    def open(cls, url: str) -> Storage:
+        """Open (and create) the database at ``url``: ``sqlite:///path`` or ``postgresql://...``."""
+        if url.startswith("sqlite:///"):
+            path = Path(url.removeprefix("sqlite:///"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db: peewee.Database = peewee.SqliteDatabase(
+                str(path),
+                pragmas={
+                    "journal_mode": "wal",
+                    "synchronous": "full",  # a commit is on disk before anyone hears "logged"
+                    "busy_timeout": 10_000,
+                    "foreign_keys": 1,
+                },
+                check_same_thread=False,
+            )
+        elif url.startswith(("postgresql://", "postgres://")):
+            db = connect(url)
+        else:
+            raise MalformedError("db", f"{url!r} is neither sqlite:///PATH nor postgresql://...")
+        return cls(db)
+
+    @property
+    def is_postgres(self) -> bool:
+        return isinstance(self.db, peewee.PostgresqlDatabase)
+
+    def close(self) -> None:
+        if not self.db.is_closed():
+            self.db.close()
+
+    # -- writing -------------------------------------------------------------------------
+
+    @contextmanager
+    def sequencing(self) -> Iterator[None]:
+        """One transaction holding the sequencer lock; commits on normal exit, else rolls back."""
+        if isinstance(self.db, peewee.SqliteDatabase):
+            with self.db.atomic("IMMEDIATE"):
+                yield
+        else:
+            with self.db.atomic():
+                self.db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_SEQUENCER_LOCK_ID,))
+                yield
+
+    def append_hashes(self, start: int, hashes: Sequence[bytes]) -> None:
+        rows = [{"idx": start + i, "value": h} for i, h in enumerate(hashes)]
+        for chunk in _chunks(rows):
+            self._t.hashes.insert_many(chunk).execute()
+
+    def append_entries(self, records: Sequence[EntryRecord]) -> None:
+        rows = [
+            {
+                "idx": r.index,
+                "data": r.data,
+                "leaf_hash": r.leaf_hash,
+                "kind": r.kind,
+                "logged_at_ms": r.logged_at_ms,
+                "edge": r.edge,
+                "request_id": r.request_id,
+                "consumer_id": r.consumer_id,
+                "job_id": r.job_id,
+                "creator_id": r.creator_id,
+                "content_id": r.content_id,
+            }
+            for r in records
+        ]
+        for chunk in _chunks(rows):
+            self._t.entries.insert_many(chunk).execute()
+
+    def put_edge_key(self, record: EdgeKeyRecord) -> None:
+        self._t.edge_keys.insert(
+            edge=record.edge,
+            key_id=record.key_id,
+            vkey=record.vkey,
+            valid_from_ms=record.valid_from_ms,
+            valid_until_ms=record.valid_until_ms,
+            entry_index=record.entry_index,
+        ).on_conflict(
+            conflict_target=[self._t.edge_keys.edge, self._t.edge_keys.key_id],
+            update={
+                self._t.edge_keys.vkey: record.vkey,
+                self._t.edge_keys.valid_from_ms: record.valid_from_ms,
+                self._t.edge_keys.valid_until_ms: record.valid_until_ms,
+                self._t.edge_keys.entry_index: record.entry_index,
+            },
+        ).execute()
+
+    def append_checkpoint(self, checkpoint: StoredCheckpoint) -> None:
+        self._t.checkpoints.insert(
+            tree_size=checkpoint.tree_size,
+            root_hash=checkpoint.root_hash,
+            note=checkpoint.note,
+            signed_at_ms=checkpoint.signed_at_ms,
+        ).execute()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def read_hashes(self, indexes: Sequence[int]) -> list[bytes]:
+        """Exactly the hashes at ``indexes``, in order (tlog's HashReader); raises if missing."""
+        found: dict[int, bytes] = {}
+        for chunk in _chunks(sorted(set(indexes))):
+            for idx, value in (
+                self._t.hashes.select(self._t.hashes.idx, self._t.hashes.value)
+                .where(self._t.hashes.idx.in_(chunk))
+                .tuples()
+            ):
+                found[idx] = bytes(value)
+        missing = [i for i in indexes if i not in found]
+        if missing:
+            raise LookupError(f"stored hashes {missing[:5]} are not in the database")
+        return [found[i] for i in indexes]
+
+    def latest_checkpoint(self) -> StoredCheckpoint | None:
+        row = self._t.checkpoints.select().order_by(self._t.checkpoints.id.desc()).first()
+        return None if row is None else _checkpoint(row)
+
+    def tree_size(self) -> int:
+        latest = self.latest_checkpoint()
+        return 0 if latest is None else latest.tree_size
+
+    def checkpoints(
+        self, after_id: int = 0, limit: int = 100
+    ) -> list[tuple[int, StoredCheckpoint]]:
+        rows = (
+            self._t.checkpoints.select()
+            .where(self._t.checkpoints.id > after_id)
+            .order_by(self._t.checkpoints.id)
+            .limit(limit)
+        )
+        return [(row.id, _checkpoint(row)) for row in rows]
+
+    def checkpoint_at(self, tree_size: int) -> StoredCheckpoint | None:
+        """The latest checkpoint signed at exactly ``tree_size``."""
+        row = (
+            self._t.checkpoints.select()
+            .where(self._t.checkpoints.tree_size == tree_size)
+            .order_by(self._t.checkpoints.id.desc())
+            .first()
+        )
+        return None if row is None else _checkpoint(row)
+
+    def entries(self, start: int, end: int) -> list[EntryRecord]:
+        rows = (
+            self._t.entries.select()
+            .where((self._t.entries.idx >= start) & (self._t.entries.idx < end))
+            .order_by(self._t.entries.idx)
+        )
+        return [_entry(row) for row in rows]
+
+    def receipts(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], EntryRecord]:
+        """The logged receipts with these (edge, request_id) keys."""
+        wanted = set(keys)
+        entries = self._t.entries
+        found: dict[tuple[str, str], EntryRecord] = {}
+        for chunk in _chunks(sorted({request_id for _, request_id in wanted})):
+            for row in entries.select().where(entries.request_id.in_(chunk)):
+                if (row.edge, row.request_id) in wanted:
+                    found[(row.edge, row.request_id)] = _entry(row)
+        return found
+
+    def index_of_leaf(self, leaf_hash: bytes) -> int | None:
+        row = (
+            self._t.entries.select(self._t.entries.idx)
+            .where(self._t.entries.leaf_hash == leaf_hash)
+            .order_by(self._t.entries.idx)
+            .first()
+        )
+        return None if row is None else int(row.idx)
+
+    def find_entries(
+        self, column: str, value: str, after: int = -1, limit: int = 100
+    ) -> list[EntryRecord]:
+        """Entries whose indexed ``column`` (consumer_id, job_id, creator_id, content_id)
+        equals ``value``, in index order after ``after``."""
+        field = {
+            "consumer_id": self._t.entries.consumer_id,
+            "job_id": self._t.entries.job_id,
+            "creator_id": self._t.entries.creator_id,
+            "content_id": self._t.entries.content_id,
+        }[column]
+        rows = (
+            self._t.entries.select()
+            .where((field == value) & (self._t.entries.idx > after))
+            .order_by(self._t.entries.idx)
+            .limit(limit)
+        )
+        return [_entry(row) for row in rows]
+
+    def edge_keys(self) -> list[EdgeKeyRecord]:
+        return [
+            _edge_key(row)
+            for row in self._t.edge_keys.select().order_by(self._t.edge_keys.entry_index)
+        ]
+
+    def edge_key(self, edge: str, key_id: str) -> EdgeKeyRecord | None:
+        row = self._t.edge_keys.get_or_none(
+            (self._t.edge_keys.edge == edge) & (self._t.edge_keys.key_id == key_id)
+        )
+        return None if row is None else _edge_key(row)
+
+
+def _edge_key(row: Any) -> EdgeKeyRecord:
+    return EdgeKeyRecord(
+        row.edge, row.key_id, row.vkey, row.valid_from_ms, row.valid_until_ms, row.entry_index
+    )
+
+
+_T = TypeVar("_T")
+
+
+def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
