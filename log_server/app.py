@@ -24,6 +24,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from log_server.config import Config, DataDir
+from log_server.metrics import Metrics
+from log_server.openapi import OPENAPI
 from log_server.sequencer import (
     Conflict,
     Logged,
@@ -72,6 +74,7 @@ class _State:
     storage: Storage
     pool: Pool
     keys: DataDir
+    metrics: Metrics
 
 
 def _state(request: Request) -> _State:
@@ -201,6 +204,9 @@ async def submit_receipts(request: Request) -> Response:
         answers = await asyncio.to_thread(_answers, state, outcomes, checkpoint)
         for (position, _), answer in zip(valid, answers, strict=True):
             results[position] = answer
+    for result in results:
+        if result is not None:
+            state.metrics.submissions.labels(outcome=str(result["status"])).inc()
     accepted = any(r is not None and r["status"] in ("logged", "duplicate") for r in results)
     return JSONResponse({"results": results}, status_code=200 if accepted else 422)
 
@@ -357,6 +363,72 @@ async def get_receipt(request: Request) -> Response:
     return JSONResponse({"index": record.index, "bundle": bundle})
 
 
+_FINDERS = {
+    "consumer": "consumer_id",
+    "job": "job_id",
+    "creator": "creator_id",
+    "content": "content_id",
+}
+
+
+async def find_receipts(request: Request) -> Response:
+    """Receipts by consumer, job, creator or content, in index order, with proof bundles.
+
+    Page with ``after`` (the last index seen) and ``limit``; ``next_after`` is null at the end.
+    """
+    state = _state(request)
+    given = [
+        (name, request.query_params[name]) for name in _FINDERS if name in request.query_params
+    ]
+    if len(given) != 1:
+        raise MalformedError("query", f"give exactly one of {', '.join(_FINDERS)}")
+    name, value = given[0]
+    after = _query_int(request, "after") if "after" in request.query_params else -1
+    limit = _query_int(request, "limit", 100)
+    if not 1 <= limit <= state.config.page_limit:
+        raise MalformedError("limit", f"must be in 1..{state.config.page_limit}")
+    records = await asyncio.to_thread(
+        state.storage.find_entries, _FINDERS[name], value, after, limit
+    )
+    checkpoint = await asyncio.to_thread(state.storage.latest_checkpoint)
+    if checkpoint is None:
+        raise HTTPException(503, "no checkpoint yet")
+    receipts = [
+        {
+            "index": r.index,
+            "bundle": await asyncio.to_thread(_bundle, state, r.index, r.data, checkpoint),
+        }
+        for r in records
+        if r.index < checkpoint.tree_size
+    ]
+    next_after = records[-1].index if len(records) == limit else None
+    return JSONResponse({"receipts": receipts, "next_after": next_after})
+
+
+async def get_checkpoints(request: Request) -> Response:
+    """The history of published checkpoints, oldest first, paged by ``after`` (an id)."""
+    state = _state(request)
+    after = _query_int(request, "after", 0)
+    limit = _query_int(request, "limit", 100)
+    if not 1 <= limit <= state.config.page_limit:
+        raise MalformedError("limit", f"must be in 1..{state.config.page_limit}")
+    rows = await asyncio.to_thread(state.storage.checkpoints, after, limit)
+    return JSONResponse(
+        {
+            "checkpoints": [
+                {
+                    "id": row_id,
+                    "tree_size": c.tree_size,
+                    "root_hash": encode_b64(c.root_hash),
+                    "signed_at_ms": c.signed_at_ms,
+                    "checkpoint": c.note.decode(),
+                }
+                for row_id, c in rows
+            ]
+        }
+    )
+
+
 async def get_edge_keys(request: Request) -> Response:
     records = await asyncio.to_thread(_state(request).storage.edge_keys)
     return JSONResponse(
@@ -387,6 +459,16 @@ async def healthz(request: Request) -> Response:
             "pending": state.pool.pending,
         }
     )
+
+
+async def get_metrics(request: Request) -> Response:
+    state = _state(request)
+    state.metrics.pool_size.set(state.pool.pending)
+    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+async def get_openapi(request: Request) -> Response:
+    return JSONResponse(OPENAPI)
 
 
 # -- errors, in one place ---------------------------------------------------------------
@@ -422,32 +504,44 @@ def create_app(config: Config) -> Starlette:
         log = LogIdentity(config.origin, keys.log_key)
         if await asyncio.to_thread(storage.latest_checkpoint) is None:
             await asyncio.to_thread(sequence, storage, log, [], _now_ms())
-        pool = Pool(storage, log, _now_ms, config.pool_max_entries, config.max_pending)
-        app.state.log = _State(config, storage, pool, keys)
+        metrics = Metrics()
+
+        def sealed(seconds: float, checkpoint: StoredCheckpoint) -> None:
+            metrics.sequencing_seconds.observe(seconds)
+            metrics.tree_size.set(checkpoint.tree_size)
+
+        pool = Pool(
+            storage, log, _now_ms, config.pool_max_entries, config.max_pending, on_sealed=sealed
+        )
+        app.state.log = _State(config, storage, pool, keys, metrics)
         scheduler = AsyncIOScheduler()
         scheduler.add_job(pool.seal, "interval", seconds=config.pool_interval_s, max_instances=1)
-        scheduler.add_job(
-            _resign, "interval", seconds=config.checkpoint_interval_s, args=[storage, log, pool]
-        )
+        scheduler.add_job(pool.resign, "interval", seconds=config.checkpoint_interval_s)
         scheduler.start()
         try:
             yield
         finally:
-            scheduler.shutdown(wait=False)
+            # No new jobs; then the pool's lock waits out any seal in flight and logs the rest.
+            scheduler.pause()
             await pool.seal()
+            scheduler.shutdown(wait=False)
             storage.close()
 
     routes = [
         Route("/checkpoint", get_checkpoint, methods=["GET"]),
         Route("/tile/{path:path}", get_tile, methods=["GET"]),
         Route("/v1/receipts", submit_receipts, methods=["POST"]),
+        Route("/v1/receipts", find_receipts, methods=["GET"]),
         Route("/v1/receipts/{edge}/{request_id}", get_receipt, methods=["GET"]),
+        Route("/v1/checkpoints", get_checkpoints, methods=["GET"]),
         Route("/v1/proofs/inclusion", get_inclusion, methods=["GET"]),
         Route("/v1/proofs/consistency", get_consistency, methods=["GET"]),
         Route("/v1/entries", get_entries, methods=["GET"]),
         Route("/v1/edge-keys", get_edge_keys, methods=["GET"]),
         Route("/v1/admin/edge-keys", admin_edge_key, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", get_metrics, methods=["GET"]),
+        Route("/openapi.json", get_openapi, methods=["GET"]),
     ]
     handlers = {
         MalformedError: _malformed,
@@ -457,10 +551,3 @@ def create_app(config: Config) -> Starlette:
         UnicodeDecodeError: _bad_json,
     }
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
-
-
-async def _resign(storage: Storage, log: LogIdentity, pool: Pool) -> None:
-    """Sign the current tree again with a fresh time, so clients can tell a live log."""
-    if pool.pending:
-        return  # the next seal signs a new checkpoint anyway
-    await asyncio.to_thread(sequence, storage, log, [], _now_ms())

@@ -18,6 +18,7 @@ new signed checkpoint. Nothing is answered before that transaction commits, so
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -209,6 +210,8 @@ class Pool:
     clock_ms: Callable[[], int]
     max_entries: int = 4096
     max_pending: int = 65536
+    on_sealed: Callable[[float, StoredCheckpoint], None] | None = None
+    """Called after each seal with its duration in seconds and the new checkpoint."""
     _waiting: list[_Waiting] = field(default_factory=list)
     _count: int = 0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -232,6 +235,16 @@ class Pool:
             task.add_done_callback(self._seals.discard)
         return await future
 
+    async def resign(self) -> StoredCheckpoint | None:
+        """Sign the current tree again with a fresh time, unless a seal will sign anyway."""
+        async with self._lock:
+            if self._waiting:
+                return None
+            _, checkpoint = await asyncio.to_thread(
+                sequence, self.storage, self.log, [], self.clock_ms()
+            )
+            return checkpoint
+
     async def seal(self) -> StoredCheckpoint | None:
         """Log everything waiting, in one transaction; answer each waiter after the commit."""
         async with self._lock:
@@ -239,6 +252,7 @@ class Pool:
                 return None
             batch, self._waiting, self._count = self._waiting, [], 0
             pending = [e for w in batch for e in w.entries]
+            started = time.perf_counter()
             try:
                 outcomes, checkpoint = await asyncio.to_thread(
                     sequence, self.storage, self.log, pending, self.clock_ms()
@@ -248,6 +262,8 @@ class Pool:
                     if not waiting.future.done():
                         waiting.future.set_exception(exc)
                 raise
+            if self.on_sealed is not None:
+                self.on_sealed(time.perf_counter() - started, checkpoint)
             at = 0
             for waiting in batch:
                 n = len(waiting.entries)

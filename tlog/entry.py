@@ -119,10 +119,6 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return obj
 
 
-def _no_float(text: str) -> object:
-    raise MalformedError("$", f"number {text} is not an integer")
-
-
 def _no_constant(text: str) -> object:
     raise MalformedError("$", f"{text} is not JSON")
 
@@ -134,11 +130,10 @@ def parse_canonical_json(data: bytes, field: str = "entry") -> dict[str, object]
         value = json.loads(
             text,
             object_pairs_hook=_no_duplicates,
-            parse_float=_no_float,
             parse_constant=_no_constant,
         )
-        # Out-of-range integers and lone surrogates are found while re-encoding: inside the
-        # try, so that their "$..." paths are renamed to start at `field` too.
+        # Floats, out-of-range integers and lone surrogates are found while re-encoding, with
+        # their "$..." paths; inside the try, so the paths are renamed to start at `field`.
         canonical = canonical_json(value) if isinstance(value, dict) else None
     except MalformedError as exc:
         raise MalformedError(field + exc.field.removeprefix("$"), exc.reason) from exc

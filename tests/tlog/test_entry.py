@@ -193,14 +193,15 @@ def test_canonical_json_round_trip(value: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     ("data", "field"),
     [
-        (b'{"a":1.5}', "entry"),
-        (b'{"a":1.0}', "entry"),
-        (b'{"a":1e3}', "entry"),
-        (b'{"a":1E3}', "entry"),
-        (b'{"a":-0.0}', "entry"),
+        (b'{"a":1.5}', "entry.a"),
+        (b'{"a":1.0}', "entry.a"),
+        (b'{"a":1e3}', "entry.a"),
+        (b'{"a":1E3}', "entry.a"),
+        (b'{"a":-0.0}', "entry.a"),
         (b'{"a":NaN}', "entry"),
         (b'{"a":Infinity}', "entry"),
         (b'{"a":-Infinity}', "entry"),
+        (b'{"a":{"b":[1,2.5]}}', "entry.a.b[1]"),
         (b'{"a":9007199254740992}', "entry.a"),  # 2**53
         (b'{"a":-9007199254740992}', "entry.a"),
         (b'{"a":{"b":[1,9007199254740992]}}', "entry.a.b[1]"),

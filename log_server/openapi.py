@@ -1,0 +1,191 @@
+"""The OpenAPI 3.1 description of the log's routes, served at ``/openapi.json``.
+
+Owns the documented contract of every route in ``log_server.app``; a test checks that the
+paths and methods here are exactly the app's. Pure data: imports nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["OPENAPI"]
+
+
+def _int(name: str, description: str, *, required: bool = False) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": required,
+        "description": description,
+        "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+    }
+
+
+def _text(name: str, description: str, where: str = "query") -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": where,
+        "required": where == "path",
+        "description": description,
+        "schema": {"type": "string", "minLength": 1},
+    }
+
+
+_ERROR = {
+    "description": "The request is wrong; the body names the field.",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "required": ["field", "reason"],
+                        "properties": {"field": {"type": "string"}, "reason": {"type": "string"}},
+                    }
+                },
+            }
+        }
+    },
+}
+_JSON = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
+_BYTES = {"description": "OK", "content": {"application/octet-stream": {}}}
+_TEXT = {"description": "OK", "content": {"text/plain": {}}}
+
+
+def _get(summary: str, parameters: list[dict[str, Any]], ok: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": summary,
+            "parameters": parameters,
+            "responses": {"200": ok, "400": _ERROR, "404": _ERROR, "503": _ERROR},
+        }
+    }
+
+
+_RESULTS = {
+    "description": "One result per receipt, in order (422: every receipt was rejected).",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["results"],
+                "properties": {
+                    "results": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["status"],
+                            "properties": {
+                                "status": {"enum": ["logged", "duplicate", "conflict", "rejected"]},
+                                "index": {"type": "integer"},
+                                "bundle": {"type": "string"},
+                                "error": {"type": "object"},
+                            },
+                        },
+                    }
+                },
+            }
+        }
+    },
+}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "meterlog",
+        "version": "1",
+        "description": "A transparency log of signed usage receipts. Tiles, checkpoints and "
+        "bundles follow C2SP tlog-tiles, tlog-checkpoint and tlog-proof.",
+    },
+    "paths": {
+        "/checkpoint": _get("The latest signed checkpoint (C2SP tlog-checkpoint)", [], _TEXT),
+        "/tile/{path}": _get(
+            "A C2SP tile or entry bundle: tile/<L>/<N>[.p/<W>] or tile/entries/<N>[.p/<W>]",
+            [
+                {
+                    "name": "path",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": "the rest of the tile path",
+                }
+            ],
+            _BYTES,
+        ),
+        "/v1/receipts": {
+            "post": {
+                "summary": "Submit signed receipts (JSON array, or JSON Lines); answered after "
+                "they are logged",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"type": "array", "items": {}}},
+                        "application/jsonl": {"schema": {"type": "string"}},
+                    },
+                },
+                "responses": {
+                    "200": _RESULTS,
+                    "422": _RESULTS,
+                    "400": _ERROR,
+                    "413": _ERROR,
+                    "503": _ERROR,
+                },
+            },
+            **_get(
+                "Receipts of one consumer, job, creator or content, with bundles",
+                [
+                    _text("consumer", "consumer_id"),
+                    _text("job", "job_id"),
+                    _text("creator", "creator_id"),
+                    _text("content", "content_id (sha256:<hex>)"),
+                    _int("after", "the last index already seen"),
+                    _int("limit", "page size"),
+                ],
+                _JSON,
+            ),
+        },
+        "/v1/receipts/{edge}/{request_id}": _get(
+            "One receipt by its idempotency key, with its bundle",
+            [_text("edge", "edge id", "path"), _text("request_id", "request id", "path")],
+            _JSON,
+        ),
+        "/v1/proofs/inclusion": _get(
+            "Inclusion proof of an index at a tree size (default: the latest)",
+            [_int("index", "leaf index", required=True), _int("tree_size", "tree size")],
+            _JSON,
+        ),
+        "/v1/proofs/consistency": _get(
+            "Consistency proof between two tree sizes",
+            [_int("old_size", "old tree size", required=True), _int("new_size", "new tree size")],
+            _JSON,
+        ),
+        "/v1/entries": _get(
+            "Entries [start, end), at most the page limit",
+            [_int("start", "first index"), _int("end", "one past the last index")],
+            _JSON,
+        ),
+        "/v1/checkpoints": _get(
+            "Published checkpoints, oldest first",
+            [_int("after", "the last id already seen"), _int("limit", "page size")],
+            _JSON,
+        ),
+        "/v1/edge-keys": _get("The edge-key registry as the log stands", [], _JSON),
+        "/v1/admin/edge-keys": {
+            "post": {
+                "summary": "Register, rotate or revoke an edge key (operator bearer token)",
+                "security": [{"operator": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "responses": {"200": _JSON, "400": _ERROR, "401": _ERROR, "503": _ERROR},
+            }
+        },
+        "/healthz": _get("Liveness, tree size and checkpoint age", [], _JSON),
+        "/metrics": _get("Prometheus metrics", [], _TEXT),
+        "/openapi.json": _get("This document", [], _JSON),
+    },
+    "components": {"securitySchemes": {"operator": {"type": "http", "scheme": "bearer"}}},
+}
