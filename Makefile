@@ -1,5 +1,6 @@
 # The two commands of the README:
-#   make run    - set up what is missing, then run the log (for now: a demo of the tlog core)
+#   make run    - set up what is missing, then run the log on http://127.0.0.1:8080
+#                 (data in ./meterlog-data; `meterlog demo` still shows the tlog core offline)
 #   make test   - set up what is missing, then run every check and the whole test suite
 # Everything else here is what those two need.
 
@@ -11,7 +12,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: run test lint bench lock clean
 
 run: $(STAMP)
-	$(BIN)/meterlog demo --out demo
+	$(BIN)/meterlog serve
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -11,7 +11,10 @@ import sys
 from collections.abc import Sequence
 
 from cli.demo import add_demo_command
+from cli.edge import add_edge_commands
 from cli.keys import add_keygen_command
+from cli.receipt import add_receipt_commands
+from log_server.cli import add_serve_command
 from verifier.cli import EXIT_USAGE, UsageError, add_verify_commands
 
 
@@ -22,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_keygen_command(commands)
+    add_serve_command(commands)
+    add_edge_commands(commands)
+    add_receipt_commands(commands)
     add_verify_commands(commands)
     add_demo_command(commands)
     return parser

@@ -35,7 +35,7 @@ from log_server.sequencer import (
     Rejected,
     sequence,
 )
-from log_server.storage import Storage, StoredCheckpoint
+from log_server.storage import EdgeKeyRecord, Storage, StoredCheckpoint
 from tlog.bundle import ProofBundle, format_bundle
 from tlog.entry import (
     EdgeKey,
@@ -47,8 +47,13 @@ from tlog.entry import (
 )
 from tlog.errors import MalformedError, VerificationError
 from tlog.note import parse_vkey
-from tlog.parsing import encode_b64, parse_decimal
-from tlog.proofs import consistency_proof, inclusion_proof
+from tlog.parsing import MAX_INT63, encode_b64, parse_decimal
+from tlog.proofs import (
+    consistency_proof,
+    inclusion_proof,
+    inclusion_proof_from,
+    inclusion_proof_indexes,
+)
 from tlog.tiles import (
     ENTRIES,
     TILE_HEIGHT,
@@ -98,7 +103,7 @@ def _parse_batch(body: bytes, content_type: str, limit: int) -> list[object]:
         or "ndjson" in content_type
         or (not text.lstrip().startswith("["))
     ):
-        items: list[object] = [line.encode() for line in text.splitlines() if line.strip()]
+        items: list[object] = [line.encode() for line in text.split("\n") if line.strip()]
     else:
         value = json.loads(text, parse_float=_reject_float, parse_constant=_reject_float)
         if not isinstance(value, list):
@@ -115,9 +120,15 @@ def _reject_float(text: str) -> object:
     raise MalformedError("body", f"number {text} is not an integer")
 
 
-def _validate(item: object, state: _State, now_ms: int) -> Receipt:
+_KeyCache = dict[tuple[str, str], EdgeKeyRecord | None]
+
+
+def _validate(item: object, state: _State, now_ms: int, keys: _KeyCache | None = None) -> Receipt:
     """One submitted receipt, checked before it may join the pool. Raises MalformedError
-    naming the field that is wrong (a bad signature names ``receipt.signature``)."""
+    naming the field that is wrong (a bad signature names ``receipt.signature``).
+
+    ``keys`` caches the registry's answers across one batch, so a batch signed by a few
+    edge keys reads each of them once."""
     entry = decode_entry(item if isinstance(item, bytes) else canonical_json(item))
     if not isinstance(entry, Receipt):
         raise MalformedError("receipt.kind", "only receipts may be submitted here")
@@ -128,7 +139,13 @@ def _validate(item: object, state: _State, now_ms: int) -> Receipt:
         raise MalformedError("receipt.served_at_ms", "is in the future beyond the allowed skew")
     if entry.served_at_ms < now_ms - config.max_age_ms:
         raise MalformedError("receipt.served_at_ms", "is older than the log accepts")
-    record = state.storage.edge_key(entry.edge, entry.key_id)
+    key_ref = (entry.edge, entry.key_id)
+    if keys is None or key_ref not in keys:
+        record = state.storage.edge_key(*key_ref)
+        if keys is not None:
+            keys[key_ref] = record
+    else:
+        record = keys[key_ref]
     if record is None:
         raise MalformedError("receipt.key_id", f"no edge key {entry.edge}+{entry.key_id}")
     try:
@@ -143,31 +160,57 @@ def _validate_all(
 ) -> tuple[list[dict[str, object] | None], list[tuple[int, Receipt]]]:
     results: list[dict[str, object] | None] = [None] * len(items)
     valid: list[tuple[int, Receipt]] = []
+    keys: _KeyCache = {}
     for i, item in enumerate(items):
         try:
-            valid.append((i, _validate(item, state, now_ms)))
+            valid.append((i, _validate(item, state, now_ms, keys)))
         except MalformedError as exc:
             results[i] = {"status": "rejected", "error": {"field": exc.field, "reason": exc.reason}}
     return results, valid
 
 
-def _bundle(state: _State, index: int, data: bytes, checkpoint: StoredCheckpoint) -> str:
-    proof = inclusion_proof(index, checkpoint.tree_size, state.storage)
+def _bundle(
+    state: _State,
+    index: int,
+    data: bytes,
+    checkpoint: StoredCheckpoint,
+    proof: Sequence[bytes] | None = None,
+) -> str:
+    if proof is None:
+        proof = inclusion_proof(index, checkpoint.tree_size, state.storage)
     bundle = ProofBundle(index, tuple(proof), checkpoint.note, extra=data)
     return format_bundle(bundle).decode()
+
+
+def _inclusion_proofs(
+    state: _State, indexes: Sequence[int], tree_size: int
+) -> dict[int, list[bytes]]:
+    """The inclusion proofs of ``indexes`` in the tree of ``tree_size``, from one
+    ``read_hashes`` call for all of them (their paths share most of their upper hashes)."""
+    wanted = {index: inclusion_proof_indexes(index, tree_size) for index in indexes}
+    needed = sorted({i for path in wanted.values() for i in path})
+    stored = dict(zip(needed, state.storage.read_hashes(needed), strict=True))
+    return {
+        index: inclusion_proof_from(index, tree_size, [stored[i] for i in path])
+        for index, path in wanted.items()
+    }
 
 
 def _answers(
     state: _State, outcomes: Sequence[object], checkpoint: StoredCheckpoint
 ) -> list[dict[str, object]]:
     answers: list[dict[str, object]] = []
+    proofs = _inclusion_proofs(
+        state, [o.index for o in outcomes if isinstance(o, Logged)], checkpoint.tree_size
+    )
     for outcome in outcomes:
         if isinstance(outcome, Logged):
+            proof = proofs[outcome.index]
             answers.append(
                 {
                     "status": "duplicate" if outcome.duplicate else "logged",
                     "index": outcome.index,
-                    "bundle": _bundle(state, outcome.index, outcome.data, checkpoint),
+                    "bundle": _bundle(state, outcome.index, outcome.data, checkpoint, proof),
                 }
             )
         elif isinstance(outcome, Conflict):
@@ -261,8 +304,9 @@ async def admin_edge_key(request: Request) -> Response:
             raise MalformedError(f"edge_key.{name}", "missing")
     signed = sign_edge_key(EdgeKey(**obj), state.keys.operator_key)
     outcomes, checkpoint = await state.pool.submit([signed])
-    answers = await asyncio.to_thread(_answers, state, outcomes, checkpoint)
-    return JSONResponse(answers[0])
+    (answer,) = await asyncio.to_thread(_answers, state, outcomes, checkpoint)
+    # Refused against the registry as it stands (e.g. revoking an unknown key): 409.
+    return JSONResponse(answer, status_code=409 if answer["status"] == "rejected" else 200)
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -340,7 +384,8 @@ async def get_consistency(request: Request) -> Response:
 async def get_entries(request: Request) -> Response:
     state = _state(request)
     start = _query_int(request, "start", 0)
-    end = _query_int(request, "end", start + state.config.page_limit)
+    # The default end must stay a 64-bit database integer, even for a start near 2**63.
+    end = _query_int(request, "end", min(start + state.config.page_limit, MAX_INT63))
     if end < start or end - start > state.config.page_limit:
         raise MalformedError("end", f"must be in start..start+{state.config.page_limit}")
     records = await asyncio.to_thread(state.storage.entries, start, end)

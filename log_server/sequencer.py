@@ -116,12 +116,35 @@ def _record(index: int, data: bytes, entry: Entry, logged_at_ms: int) -> EntryRe
     return EntryRecord(index, data, leaf_hash(data), entry.kind, logged_at_ms, edge=entry.edge)
 
 
+def _edge_key_problem(storage: Storage, entry: EdgeKey) -> Rejected | None:
+    """Why an edge-key statement cannot apply to the registry as it stands, if it cannot.
+
+    A key is registered once; a rotation must retire a registered key of the same edge; a
+    revocation only closes the window of a registered key, as registered.
+    """
+    current = storage.edge_key(entry.edge, f"{entry.verifier.key_id:08x}")
+    if entry.action == "revoke":
+        if current is None:
+            return Rejected("edge_key.key", "revokes a key that is not registered")
+        if current.valid_from_ms != entry.valid_from_ms:
+            return Rejected("edge_key.valid_from_ms", "is not the registered key's")
+        return None
+    if current is not None:
+        return Rejected("edge_key.key", "is already registered; rotate or revoke it")
+    if entry.replaces is not None and storage.edge_key(entry.edge, entry.replaces) is None:
+        return Rejected("edge_key.replaces", "names no registered key of this edge")
+    return None
+
+
 def _apply_edge_key(storage: Storage, entry: EdgeKey, index: int) -> None:
     key_id = f"{entry.verifier.key_id:08x}"
+    until = entry.valid_until_ms
+    if entry.action == "revoke":
+        current = storage.edge_key(entry.edge, key_id)
+        if current is not None and current.valid_until_ms is not None and until is not None:
+            until = min(until, current.valid_until_ms)  # a revocation never reopens a window
     storage.put_edge_key(
-        EdgeKeyRecord(
-            entry.edge, key_id, entry.key, entry.valid_from_ms, entry.valid_until_ms, index
-        )
+        EdgeKeyRecord(entry.edge, key_id, entry.key, entry.valid_from_ms, until, index)
     )
     if entry.replaces is not None:
         old = storage.edge_key(entry.edge, entry.replaces)
@@ -165,6 +188,9 @@ def sequence(
                 if problem is not None:
                     outcomes.append(Rejected("receipt.key_id", problem))
                     continue
+            elif (refused := _edge_key_problem(storage, entry)) is not None:
+                outcomes.append(refused)
+                continue
             data = encode_entry(replace(entry, logged_at_ms=now_ms))
             record = _record(size + len(records), data, entry, now_ms)
             records.append(record)
@@ -232,8 +258,13 @@ class Pool:
         if self._count >= self.max_entries:
             task = asyncio.ensure_future(self.seal())
             self._seals.add(task)
-            task.add_done_callback(self._seals.discard)
+            task.add_done_callback(self._seal_done)
         return await future
+
+    def _seal_done(self, task: asyncio.Task[StoredCheckpoint | None]) -> None:
+        self._seals.discard(task)
+        if not task.cancelled():
+            task.exception()  # its waiters got the error; not "exception never retrieved" too
 
     async def resign(self) -> StoredCheckpoint | None:
         """Sign the current tree again with a fresh time, unless a seal will sign anyway."""
@@ -262,12 +293,14 @@ class Pool:
                     if not waiting.future.done():
                         waiting.future.set_exception(exc)
                 raise
-            if self.on_sealed is not None:
-                self.on_sealed(time.perf_counter() - started, checkpoint)
+            seconds = time.perf_counter() - started
             at = 0
             for waiting in batch:
                 n = len(waiting.entries)
                 if not waiting.future.done():
                     waiting.future.set_result((outcomes[at : at + n], checkpoint))
                 at += n
+            # Only after every waiter has its answer: a failing callback must not strand them.
+            if self.on_sealed is not None:
+                self.on_sealed(seconds, checkpoint)
             return checkpoint

@@ -375,3 +375,30 @@ def test_the_table_is_long_enough() -> None:
     assert len(BAD_REQUESTS) + len(ADMIN_BAD_BODIES) >= 30
     with pytest.raises(MalformedError):
         receipt(1, scope="nope")
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "field"),
+    [
+        (None, {"action": "revoke", "valid_until_ms": 5}, "edge_key.key"),
+        ({}, {}, "edge_key.key"),
+        (
+            {},
+            {"action": "revoke", "valid_from_ms": 7, "valid_until_ms": 9},
+            "edge_key.valid_from_ms",
+        ),
+        (None, {"action": "rotate", "replaces": "00000000"}, "edge_key.replaces"),
+    ],
+    ids=["revoke unknown key", "register twice", "revoke another window", "rotate unknown key"],
+)
+async def test_registry_statements_that_do_not_apply_are_refused(
+    log: Log, first: dict[str, object] | None, second: dict[str, object], field: str
+) -> None:
+    if first is not None:
+        assert (await log.register(EDGE, **first)).status_code == 200
+    before = await log.snapshot()
+    response = await log.register(EDGE, **second)
+    assert response.status_code == 409, response.text
+    assert response.json()["error"]["field"] == field
+    size, _, registry = await log.snapshot()
+    assert (size, registry) == (before[0], before[2])
