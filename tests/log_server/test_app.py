@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -33,6 +34,7 @@ from tlog.tiles import ENTRIES, Tile, decode_entry_bundle, tile_hash_indexes
 pytestmark = pytest.mark.anyio
 
 ORIGIN = "test.example/log"
+EMPTY_ROOT_B64 = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
 EDGE = SigningKey("edge-1", b"\x33" * 32)
 OTHER_EDGE = SigningKey("edge-2", b"\x44" * 32)
 
@@ -402,3 +404,29 @@ async def test_registry_statements_that_do_not_apply_are_refused(
     assert response.json()["error"]["field"] == field
     size, _, registry = await log.snapshot()
     assert (size, registry) == (before[0], before[2])
+
+
+async def test_an_idle_log_re_signs_its_checkpoint(storage_url: str, tmp_path: Path) -> None:
+    config = Config(
+        data_dir=tmp_path / "data",
+        origin=ORIGIN,
+        db=storage_url,
+        pool_interval_s=0.01,
+        checkpoint_interval_s=0.05,
+    )
+    app = create_app(config)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://log.test") as client:
+            first = (await client.get("/v1/checkpoints")).json()["checkpoints"]
+            history = first
+            for _ in range(200):  # bounded: at most ~10 s
+                history = (await client.get("/v1/checkpoints")).json()["checkpoints"]
+                if len(history) >= len(first) + 2:
+                    break
+                await anyio.sleep(0.05)
+    assert len(history) >= len(first) + 2
+    assert {(c["tree_size"], c["root_hash"]) for c in history} == {(0, EMPTY_ROOT_B64)}
+    times = [c["signed_at_ms"] for c in history]
+    assert times == sorted(times)
+    assert times[-1] > times[0]
