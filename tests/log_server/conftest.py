@@ -1,7 +1,8 @@
 """Fixtures for the log server's tests: fresh databases, keys, and signed entries.
 
 ``storage_url`` runs a test once on SQLite and once on PostgreSQL, each time on a database
-created for that test alone and dropped afterwards; ``storage`` opens it. PostgreSQL is the
+created for that test alone and dropped afterwards (PostgreSQL ones are created a few tests
+ahead, in the background: see :class:`PostgresDatabases`); ``storage`` opens it. PostgreSQL is the
 one at 127.0.0.1:5432 (trust auth, user postgres): when it cannot be reached the PostgreSQL
 runs are skipped, except under CI (``CI=true``), where they fail. ``new_storage_url`` makes
 more fresh databases of the same kind, for tests that need two.
@@ -16,7 +17,9 @@ from __future__ import annotations
 import functools
 import os
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -48,7 +51,8 @@ def _postgres_problem() -> str | None:
     try:
         conn = psycopg2.connect(PG_ADMIN_DSN)
     except psycopg2.OperationalError as exc:
-        return f"PostgreSQL at {PG_HOST}:{PG_PORT} is unreachable: {exc}".strip()
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"PostgreSQL at {PG_HOST}:{PG_PORT} is unreachable ({reason})"
     conn.close()
     return None
 
@@ -77,27 +81,91 @@ def _admin(statement: sql.Composable) -> None:
         conn.close()
 
 
-@contextmanager
-def postgres_database() -> Iterator[str]:
-    """A new, empty PostgreSQL database for the ``with`` block; its URL. Dropped afterwards,
-    even with connections still open (peewee keeps one per thread that used a Storage)."""
-    require_postgres()
+def create_postgres_database() -> str:
+    """Create a new, empty database with a unique name; its name."""
     name = f"meterlog_test_{uuid.uuid4().hex}"
     _admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return name
+
+
+def drop_postgres_database(name: str) -> None:
+    """Drop a database, even with connections still open (peewee keeps one per thread that
+    used a Storage)."""
+    _admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@contextmanager
+def postgres_database(
+    create: Callable[[], str] = create_postgres_database,
+    drop: Callable[[str], None] = drop_postgres_database,
+) -> Iterator[str]:
+    """A new, empty PostgreSQL database for the ``with`` block; its URL. Dropped afterwards."""
+    require_postgres()
+    name = create()
     try:
         yield postgres_url(name)
     finally:
-        _admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        drop(name)
+
+
+class PostgresDatabases:
+    """Creates fresh databases a few tests ahead of their use, and drops used ones behind.
+
+    CREATE and DROP DATABASE mostly wait for the disk, and a few at once take hardly longer
+    than one, so doing them in the background roughly halves the PostgreSQL tests' time.
+    Each database still serves one test only. :meth:`close` waits for every drop and drops
+    the databases made but never taken.
+    """
+
+    def __init__(self, ahead: int = 2) -> None:
+        self._ahead = ahead
+        self._executor = ThreadPoolExecutor(ahead, thread_name_prefix="meterlog-test-db")
+        self._created: deque[Future[str]] = deque()
+        self._dropped: list[Future[None]] = []
+
+    def create(self) -> str:
+        """The name of a new, empty database; hand it back to :meth:`drop`."""
+        while len(self._created) <= self._ahead:
+            self._created.append(self._executor.submit(create_postgres_database))
+        return self._created.popleft().result()
+
+    def drop(self, name: str) -> None:
+        self._dropped.append(self._executor.submit(drop_postgres_database, name))
+
+    def close(self) -> None:
+        while self._created:
+            name = self._created.popleft().result()
+            self._dropped.append(self._executor.submit(drop_postgres_database, name))
+        self._executor.shutdown(wait=True)
+        for dropped in self._dropped:
+            dropped.result()  # a failed drop is reported, not ignored
+
+
+@pytest.fixture(scope="session")
+def postgres_databases() -> Iterator[PostgresDatabases]:
+    require_postgres()
+    databases = PostgresDatabases()
+    try:
+        yield databases
+    finally:
+        databases.close()
 
 
 @contextmanager
-def fresh_database(kind: str, directory: Path) -> Iterator[str]:
-    """The URL of a new, empty database of ``kind`` ("sqlite" files go in ``directory``)."""
+def fresh_database(
+    kind: str, directory: Path, databases: PostgresDatabases | None = None
+) -> Iterator[str]:
+    """The URL of a new, empty database of ``kind`` ("sqlite" files go in ``directory``;
+    PostgreSQL ones come from ``databases`` if given)."""
     if kind == "sqlite":
         yield f"sqlite:///{directory / f'log-{uuid.uuid4().hex}.db'}"
     elif kind == "postgresql":
-        with postgres_database() as url:
-            yield url
+        if databases is None:
+            with postgres_database() as url:
+                yield url
+        else:
+            with postgres_database(databases.create, databases.drop) as url:
+                yield url
     else:
         raise ValueError(f"unknown database kind {kind!r}")
 
@@ -106,18 +174,32 @@ def database_kind(url: str) -> str:
     return "sqlite" if url.startswith("sqlite:") else "postgresql"
 
 
+def _databases(request: pytest.FixtureRequest, kind: str) -> PostgresDatabases | None:
+    """The session's PostgresDatabases, started only once a PostgreSQL test needs it."""
+    if kind != "postgresql":
+        return None
+    require_postgres()  # here too: a session fixture's skip or failure would be cached
+    databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
+    return databases
+
+
 @pytest.fixture(params=DATABASE_KINDS)
 def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh database for this test alone, on each backend in turn."""
-    with fresh_database(request.param, tmp_path) as url:
+    kind: str = request.param
+    with fresh_database(kind, tmp_path, _databases(request, kind)) as url:
         yield url
 
 
 @pytest.fixture
-def new_storage_url(storage_url: str, tmp_path: Path) -> Iterator[Callable[[], str]]:
+def new_storage_url(
+    request: pytest.FixtureRequest, storage_url: str, tmp_path: Path
+) -> Iterator[Callable[[], str]]:
     """Makes further fresh databases of the same kind as ``storage_url``."""
+    kind = database_kind(storage_url)
+    databases = _databases(request, kind)
     with ExitStack() as stack:
-        yield lambda: stack.enter_context(fresh_database(database_kind(storage_url), tmp_path))
+        yield lambda: stack.enter_context(fresh_database(kind, tmp_path, databases))
 
 
 @pytest.fixture
