@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from starlette.applications import Starlette
@@ -46,14 +46,10 @@ from tlog.entry import (
     verify_receipt,
 )
 from tlog.errors import MalformedError, VerificationError
-from tlog.note import parse_vkey
-from tlog.parsing import MAX_INT63, encode_b64, parse_decimal
-from tlog.proofs import (
-    consistency_proof,
-    inclusion_proof,
-    inclusion_proof_from,
-    inclusion_proof_indexes,
-)
+from tlog.merkle import range_hash, range_indexes
+from tlog.note import Verifier, parse_vkey
+from tlog.parsing import MAX_INT63, decode_b64, encode_b64, parse_decimal
+from tlog.proofs import consistency_proof, inclusion_proof, inclusion_ranges
 from tlog.tiles import (
     ENTRIES,
     TILE_HEIGHT,
@@ -120,15 +116,29 @@ def _reject_float(text: str) -> object:
     raise MalformedError("body", f"number {text} is not an integer")
 
 
-_KeyCache = dict[tuple[str, str], EdgeKeyRecord | None]
+@dataclass
+class _Keys:
+    """The registry as one batch sees it: each edge key is read and parsed once per batch."""
+
+    storage: Storage
+    records: dict[tuple[str, str], EdgeKeyRecord | None] = field(default_factory=dict)
+    verifiers: dict[str, Verifier] = field(default_factory=dict)
+
+    def record(self, edge: str, key_id: str) -> EdgeKeyRecord | None:
+        if (edge, key_id) not in self.records:
+            self.records[(edge, key_id)] = self.storage.edge_key(edge, key_id)
+        return self.records[(edge, key_id)]
+
+    def verifier(self, vkey: str) -> Verifier:
+        verifier = self.verifiers.get(vkey)
+        if verifier is None:
+            verifier = self.verifiers[vkey] = parse_vkey(vkey)
+        return verifier
 
 
-def _validate(item: object, state: _State, now_ms: int, keys: _KeyCache | None = None) -> Receipt:
+def _validate(item: object, state: _State, now_ms: int, keys: _Keys | None = None) -> Receipt:
     """One submitted receipt, checked before it may join the pool. Raises MalformedError
-    naming the field that is wrong (a bad signature names ``receipt.signature``).
-
-    ``keys`` caches the registry's answers across one batch, so a batch signed by a few
-    edge keys reads each of them once."""
+    naming the field that is wrong (a bad signature names ``receipt.signature``)."""
     entry = decode_entry(item if isinstance(item, bytes) else canonical_json(item))
     if not isinstance(entry, Receipt):
         raise MalformedError("receipt.kind", "only receipts may be submitted here")
@@ -139,17 +149,13 @@ def _validate(item: object, state: _State, now_ms: int, keys: _KeyCache | None =
         raise MalformedError("receipt.served_at_ms", "is in the future beyond the allowed skew")
     if entry.served_at_ms < now_ms - config.max_age_ms:
         raise MalformedError("receipt.served_at_ms", "is older than the log accepts")
-    key_ref = (entry.edge, entry.key_id)
-    if keys is None or key_ref not in keys:
-        record = state.storage.edge_key(*key_ref)
-        if keys is not None:
-            keys[key_ref] = record
-    else:
-        record = keys[key_ref]
+    if keys is None:
+        keys = _Keys(state.storage)
+    record = keys.record(entry.edge, entry.key_id)
     if record is None:
         raise MalformedError("receipt.key_id", f"no edge key {entry.edge}+{entry.key_id}")
     try:
-        verify_receipt(entry, parse_vkey(record.vkey))
+        verify_receipt(entry, keys.verifier(record.vkey))
     except VerificationError as exc:
         raise MalformedError("receipt.signature", str(exc)) from exc
     return entry
@@ -160,7 +166,7 @@ def _validate_all(
 ) -> tuple[list[dict[str, object] | None], list[tuple[int, Receipt]]]:
     results: list[dict[str, object] | None] = [None] * len(items)
     valid: list[tuple[int, Receipt]] = []
-    keys: _KeyCache = {}
+    keys = _Keys(state.storage)
     for i, item in enumerate(items):
         try:
             valid.append((i, _validate(item, state, now_ms, keys)))
@@ -185,15 +191,20 @@ def _bundle(
 def _inclusion_proofs(
     state: _State, indexes: Sequence[int], tree_size: int
 ) -> dict[int, list[bytes]]:
-    """The inclusion proofs of ``indexes`` in the tree of ``tree_size``, from one
-    ``read_hashes`` call for all of them (their paths share most of their upper hashes)."""
-    wanted = {index: inclusion_proof_indexes(index, tree_size) for index in indexes}
-    needed = sorted({i for path in wanted.values() for i in path})
+    """The inclusion proofs of ``indexes`` in the tree of ``tree_size``: what
+    :func:`~tlog.proofs.inclusion_proof` gives for each, but from one ``read_hashes`` call
+    for all of them, folding each subtree once (the paths of neighbouring leaves share most
+    of their subtrees)."""
+    paths = {index: inclusion_ranges(index, tree_size) for index in indexes}
+    ranges: dict[tuple[int, int], list[int]] = {}
+    for path in paths.values():
+        for lo, hi in path:
+            if (lo, hi) not in ranges:
+                ranges[(lo, hi)] = range_indexes(lo, hi)
+    needed = sorted({i for stored_indexes in ranges.values() for i in stored_indexes})
     stored = dict(zip(needed, state.storage.read_hashes(needed), strict=True))
-    return {
-        index: inclusion_proof_from(index, tree_size, [stored[i] for i in path])
-        for index, path in wanted.items()
-    }
+    folded = {r: range_hash([stored[i] for i in found]) for r, found in ranges.items()}
+    return {index: [folded[r] for r in path] for index, path in paths.items()}
 
 
 def _answers(
@@ -357,7 +368,16 @@ async def get_inclusion(request: Request) -> Response:
     tree_size = _query_int(request, "tree_size", size)
     if not 0 < tree_size <= size:
         raise MalformedError("tree_size", f"{tree_size} is not in 1..{size}")
-    index = _query_int(request, "index")
+    if "leaf_hash" in request.query_params:
+        if "index" in request.query_params:
+            raise MalformedError("query", "give index or leaf_hash, not both")
+        leaf = decode_b64(request.query_params["leaf_hash"], "leaf_hash")
+        found = await asyncio.to_thread(state.storage.index_of_leaf, leaf)
+        if found is None:
+            raise HTTPException(404, "no entry has that leaf_hash")
+        index = found
+    else:
+        index = _query_int(request, "index")
     if index >= tree_size:
         raise MalformedError("index", f"{index} is not below tree_size {tree_size}")
     proof = await asyncio.to_thread(inclusion_proof, index, tree_size, state.storage)

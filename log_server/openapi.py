@@ -152,8 +152,13 @@ OPENAPI: dict[str, Any] = {
             _JSON,
         ),
         "/v1/proofs/inclusion": _get(
-            "Inclusion proof of an index at a tree size (default: the latest)",
-            [_int("index", "leaf index", required=True), _int("tree_size", "tree size")],
+            "Inclusion proof of an index, or of the entry with a leaf hash, at a tree size "
+            "(default: the latest)",
+            [
+                _int("index", "leaf index (or give leaf_hash)"),
+                _text("leaf_hash", "base64 leaf hash, SHA-256(0x00 || entry)"),
+                _int("tree_size", "tree size"),
+            ],
             _JSON,
         ),
         "/v1/proofs/consistency": _get(

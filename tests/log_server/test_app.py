@@ -27,7 +27,7 @@ from tlog.errors import MalformedError
 from tlog.hashing import leaf_hash
 from tlog.merkle import MemoryHashStore, root_hash
 from tlog.note import SigningKey, Verifier, format_vkey, parse_vkey
-from tlog.parsing import decode_b64
+from tlog.parsing import decode_b64, encode_b64
 from tlog.proofs import verify_consistency
 from tlog.tiles import ENTRIES, Tile, decode_entry_bundle, tile_hash_indexes
 
@@ -180,6 +180,23 @@ async def test_checkpoint_tiles_and_proofs_agree(log: Log) -> None:
     proof = (await log.client.get(f"/v1/proofs/consistency?{query}")).json()["proof"]
     hashes = [decode_b64(p, "proof") for p in proof]
     verify_consistency(old.tree_size, latest.tree_size, hashes, old.root_hash, latest.root_hash)
+
+
+async def test_inclusion_by_leaf_hash_names_the_index(log: Log) -> None:
+    await log.register(EDGE)
+    results = (await log.submit(*(receipt(i) for i in range(4)))).json()["results"]
+    bundle = parse_bundle(results[2]["bundle"].encode())
+    assert bundle.extra is not None
+    leaf = encode_b64(leaf_hash(bundle.extra))
+    response = await log.client.get("/v1/proofs/inclusion", params={"leaf_hash": leaf})
+    assert response.status_code == 200
+    assert response.json()["index"] == results[2]["index"]
+    assert [decode_b64(h, "proof") for h in response.json()["proof"]] == list(bundle.proof)
+    unknown = encode_b64(leaf_hash(b"never logged"))
+    response = await log.client.get("/v1/proofs/inclusion", params={"leaf_hash": unknown})
+    assert response.status_code == 404
+    both = {"leaf_hash": leaf, "index": "1"}
+    assert (await log.client.get("/v1/proofs/inclusion", params=both)).status_code == 400
 
 
 async def test_find_receipts_pages_with_bundles(log: Log) -> None:
@@ -430,3 +447,21 @@ async def test_an_idle_log_re_signs_its_checkpoint(storage_url: str, tmp_path: P
     times = [c["signed_at_ms"] for c in history]
     assert times == sorted(times)
     assert times[-1] > times[0]
+
+
+async def test_too_much_pending_work_is_503_with_retry_after(
+    storage_url: str, tmp_path: Path
+) -> None:
+    config = Config(data_dir=tmp_path / "data", origin=ORIGIN, db=storage_url, max_pending=2)
+    app = create_app(config)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://log.test") as client:
+            log = Log(client, config.data_dir)
+            assert (await log.register(EDGE)).status_code == 200
+            before = await log.snapshot()
+            response = await log.submit(*(receipt(i) for i in range(3)))
+            assert response.status_code == 503
+            assert response.headers["retry-after"] == "1"
+            assert response.json()["error"]["field"] == "log"
+            assert await log.snapshot() == before
