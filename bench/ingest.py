@@ -87,6 +87,7 @@ from pathlib import Path
 
 import aiohttp
 from nacl.signing import VerifyKey
+from report import Report  # bench/report.py, beside this script
 
 from tlog.bundle import parse_bundle, verify_bundle
 from tlog.entry import Receipt, canonical_json, decode_entry, encode_entry, sign_receipt
@@ -437,32 +438,6 @@ def check_first_bundle(run: Run, server: Server, bodies: Sequence[bytes]) -> int
 
 
 # -- reporting --------------------------------------------------------------------------------
-
-
-class Report:
-    """Readable lines on stdout; with --json, JSON lines on stdout and notes on stderr."""
-
-    def __init__(self, as_json: bool) -> None:
-        self.as_json = as_json
-
-    def note(self, line: str) -> None:
-        print(line, file=sys.stderr if self.as_json else sys.stdout, flush=True)
-
-    def metric(
-        self,
-        name: str,
-        value: float,
-        unit: str,
-        *,
-        floor: float | None = None,
-        ratio: float | None = None,
-        line: str,
-    ) -> None:
-        if self.as_json:
-            record = {"metric": name, "value": value, "unit": unit, "floor": floor, "ratio": ratio}
-            print(json.dumps(record), flush=True)
-        else:
-            print(line, flush=True)
 
 
 def cpu_note(out: Report, name: str, run: Run) -> None:

@@ -51,7 +51,6 @@ Run: ``.venv/bin/python bench/merkle.py [--leaves N] [--batch B] [--repeat R] [-
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -59,6 +58,8 @@ import warnings
 from collections.abc import Sequence
 from hashlib import sha256
 from typing import Any
+
+from report import Report  # bench/report.py, beside this script
 
 from tlog.hashing import leaf_hash
 from tlog.merkle import MemoryHashStore, root_hash
@@ -154,32 +155,6 @@ def window(times: Sequence[float], batch: int, size: int) -> tuple[int, int]:
     at = -(-size // batch) - 1
     lo = max(0, min(at - WINDOW // 2, len(times) - WINDOW))
     return lo, min(len(times), lo + WINDOW)
-
-
-class Report:
-    """Readable lines on stdout; with --json, JSON lines on stdout and notes on stderr."""
-
-    def __init__(self, as_json: bool) -> None:
-        self.as_json = as_json
-
-    def note(self, line: str) -> None:
-        print(line, file=sys.stderr if self.as_json else sys.stdout, flush=True)
-
-    def metric(
-        self,
-        name: str,
-        value: float,
-        unit: str,
-        *,
-        floor: float | None = None,
-        ratio: float | None = None,
-        line: str,
-    ) -> None:
-        if self.as_json:
-            record = {"metric": name, "value": value, "unit": unit, "floor": floor, "ratio": ratio}
-            print(json.dumps(record), flush=True)
-        else:
-            print(line, flush=True)
 
 
 def report_append(out: Report, ours_s: float, floor_s: float, leaves: int, batch: int) -> None:
