@@ -247,6 +247,8 @@ class Load:
     """Requests that got an HTTP answer."""
     died_in_flight: int = 0
     """Requests that connected but got no answer (the server died meanwhile)."""
+    in_flight: int = 0
+    """Submissions sent and not yet answered, right now."""
     _counter: Iterator[int] = field(default_factory=itertools.count, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -257,15 +259,19 @@ class Load:
 
     def send(self, client: httpx.Client, url: str, receipts: Sequence[Receipt]) -> bool:
         """Submit one batch and record the outcome; False if the transport failed."""
+        with self._lock:
+            self.in_flight += 1
         try:
             response = submit(client, url, receipts)
         except httpx.TransportError as exc:
             with self._lock:
+                self.in_flight -= 1
                 self.unacknowledged.extend(receipts)
                 if not isinstance(exc, httpx.ConnectError):
                     self.died_in_flight += 1
             return False
         with self._lock:
+            self.in_flight -= 1
             self.batches += 1
             if response.status_code != 200:
                 self.problems.append(f"{url}: {response.status_code} {response.text[:500]}")

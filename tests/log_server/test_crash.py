@@ -74,6 +74,11 @@ def _crash_round(load: Load, data_dir: Path, db_url: str, rng: random.Random) ->
             thread.start()
         _wait_for_acks(load, before, server.url)
         time.sleep(rng.uniform(*KILL_AFTER_S))  # the crash point, not a wait for work
+        # ...moved to the next moment a submission is on the wire (bounded), so the kill
+        # always lands on work in flight.
+        deadline = time.monotonic() + 10.0
+        while load.in_flight == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
         server.kill()
         assert server.process.returncode == -9, server.output()
     finally:
