@@ -208,10 +208,6 @@ class Storage:
             raise MalformedError("db", f"{url!r} is neither sqlite:///PATH nor postgresql://...")
         return cls(db)
 
-    @property
-    def is_postgres(self) -> bool:
-        return isinstance(self.db, peewee.PostgresqlDatabase)
-
     def close(self) -> None:
         if not self.db.is_closed():
             self.db.close()
