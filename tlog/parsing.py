@@ -51,4 +51,4 @@ def decode_b64(text: str, field: str) -> bytes:
 
 
 def encode_b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
+    return binascii.b2a_base64(data, newline=False).decode("ascii")

@@ -55,6 +55,7 @@ from tlog.proofs import (
     inclusion_proof,
     inclusion_proof_from,
     inclusion_proof_indexes,
+    inclusion_proofs,
     inclusion_ranges,
     verify_consistency,
     verify_inclusion,
@@ -622,6 +623,36 @@ def test_exhaustive_inclusion_proofs_equal_the_reference_and_verify(small: Small
 
 
 @pytest.mark.slow
+def test_exhaustive_batched_inclusion_proofs_equal_the_reference(small: SmallTrees) -> None:
+    for n in range(1, MAX_SIZE + 1):
+        every = list(range(n))
+        assert inclusion_proofs(every, n, small.store) == [small.paths[(m, n)] for m in every]
+        # Any order, repeats and a lone leaf give the same proofs, position by position.
+        mixed = [n - 1, 0, n // 2, 0, n - 1]
+        assert inclusion_proofs(mixed, n, small.store) == [small.paths[(m, n)] for m in mixed]
+        assert inclusion_proofs([n // 3], n, small.store) == [small.paths[(n // 3, n)]]
+
+
+def test_batched_inclusion_proofs_are_one_read_of_each_hash_once(ct8: CtTree) -> None:
+    reader = RecordingReader(ct8.store)
+    proofs = inclusion_proofs(range(8), 8, reader)
+    assert proofs == [inclusion_proof(m, 8, ct8.store) for m in range(8)]
+    (call,) = reader.calls
+    assert call == sorted(set(call))  # each stored hash once, though 8 paths share them
+    assert inclusion_proofs([], 8, reader) == []
+
+
+@pytest.mark.parametrize(("indexes", "size"), [([0, 8], 8), ([-1], 8), ([0], 0), ([3], 2)])
+def test_batched_inclusion_proofs_reject_bad_indexes(
+    ct8: CtTree, indexes: list[int], size: int
+) -> None:
+    reader = RecordingReader(ct8.store)
+    with pytest.raises(MalformedError):
+        inclusion_proofs(indexes, size, reader)
+    assert reader.calls == []
+
+
+@pytest.mark.slow
 def test_exhaustive_consistency_proofs_equal_the_reference_and_verify(small: SmallTrees) -> None:
     for (m, n), want in small.proofs.items():
         indexes = consistency_proof_indexes(m, n)
@@ -984,6 +1015,20 @@ def test_random_inclusion_proofs(
     if n > 1:
         with pytest.raises(ProofError):
             verify_inclusion(leaf_hash(entries[m]), (m + 1) % n, n, proof, root)
+
+
+@settings(deadline=None)
+@given(
+    st.integers(1, BIG_SIZE).flatmap(
+        lambda n: st.tuples(st.lists(st.integers(0, n - 1), max_size=40), st.just(n))
+    )
+)
+def test_random_batched_inclusion_proofs(
+    big: tuple[list[bytes], MemoryHashStore], batch: tuple[list[int], int]
+) -> None:
+    _, store = big
+    indexes, n = batch
+    assert inclusion_proofs(indexes, n, store) == [inclusion_proof(m, n, store) for m in indexes]
 
 
 @settings(deadline=None)
