@@ -248,24 +248,22 @@ class Storage:
         ]
         self._insert(self._t.entries, _ENTRY_COLUMNS, rows)
 
-    def _insert(
-        self, model: type[peewee.Model], names: Sequence[str], rows: Sequence[Sequence[Any]]
-    ) -> None:
+    def _insert(self, model: type[peewee.Model], names: Sequence[str], rows: Sequence[Any]) -> None:
         """INSERT ``rows`` (values of the fields ``names``), ``_CHUNK`` rows per statement.
 
         What ``insert_many`` does, with the SQL written here: for thousands of rows peewee's
-        query builder costs more than the database. Values go through each field's
-        ``db_value``, as with peewee; errors are peewee's, through ``execute_sql``.
+        query builder costs more than the database. The values are ints, str, bytes and None,
+        which both drivers take as they are (peewee's ``db_value`` would only wrap bytes);
+        errors are peewee's, through ``execute_sql``.
         """
         fields = [model._meta.fields[name] for name in names]
-        convert = [f.db_value for f in fields]
         # Names from the schema above, never from input; every value is a parameter.
         head = 'INSERT INTO "{}" ({}) VALUES '.format(  # noqa: S608
             model._meta.table_name, ", ".join(f'"{f.column_name}"' for f in fields)
         )
         row = "(" + ", ".join([self.db.param] * len(fields)) + ")"
         for chunk in _chunks(rows):
-            params = [to_db(value) for r in chunk for to_db, value in zip(convert, r, strict=True)]
+            params = [value for r in chunk for value in r]
             self.db.execute_sql(head + ", ".join([row] * len(chunk)), params)
 
     def put_edge_key(self, record: EdgeKeyRecord) -> None:
@@ -352,12 +350,17 @@ class Storage:
     def receipts(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], EntryRecord]:
         """The logged receipts with these (edge, request_id) keys."""
         wanted = set(keys)
-        entries = self._t.entries
         found: dict[tuple[str, str], EntryRecord] = {}
+        # SQL written here, as in read_hashes: the sequencer asks this for every receipt.
+        table = self._t.entries._meta.table_name
+        columns = ", ".join(f'"{c}"' for c in _ENTRY_COLUMNS)
         for chunk in _chunks(sorted({request_id for _, request_id in wanted})):
-            for row in entries.select().where(entries.request_id.in_(chunk)):
-                if (row.edge, row.request_id) in wanted:
-                    found[(row.edge, row.request_id)] = _entry(row)
+            marks = ", ".join([self.db.param] * len(chunk))
+            sql = f'SELECT {columns} FROM "{table}" WHERE "request_id" IN ({marks})'  # noqa: S608
+            for row in self.db.execute_sql(sql, list(chunk)).fetchall():
+                record = EntryRecord(row[0], bytes(row[1]), bytes(row[2]), *row[3:])
+                if (record.edge, record.request_id) in wanted:
+                    found[(record.edge, record.request_id)] = record
         return found
 
     def index_of_leaf(self, leaf_hash: bytes) -> int | None:
