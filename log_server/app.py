@@ -12,9 +12,11 @@ import asyncio
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from starlette.applications import Starlette
@@ -35,6 +37,7 @@ from log_server.sequencer import (
     Rejected,
     sequence,
 )
+from log_server.signatures import SignatureChecker, SignedItem
 from log_server.storage import EdgeKeyRecord, Storage, StoredCheckpoint
 from tlog.bundle import ProofBundle, format_bundle
 from tlog.entry import (
@@ -43,13 +46,11 @@ from tlog.entry import (
     canonical_json,
     decode_entry,
     sign_edge_key,
-    verify_receipt,
+    signed_message,
 )
-from tlog.errors import MalformedError, VerificationError
-from tlog.merkle import range_hash, range_indexes
-from tlog.note import Verifier, parse_vkey
+from tlog.errors import MalformedError
 from tlog.parsing import MAX_INT63, decode_b64, encode_b64, parse_decimal
-from tlog.proofs import consistency_proof, inclusion_proof, inclusion_ranges
+from tlog.proofs import consistency_proof, inclusion_proof, inclusion_proofs
 from tlog.tiles import (
     ENTRIES,
     TILE_HEIGHT,
@@ -76,6 +77,18 @@ class _State:
     pool: Pool
     keys: DataDir
     metrics: Metrics
+    work: ThreadPoolExecutor
+    """One thread for the CPU-bound part of submissions (checking receipts, building
+    answers): concurrent batches queue for it instead of crowding the sequencer's thread
+    off the GIL."""
+    signatures: SignatureChecker
+
+
+_T = TypeVar("_T")
+
+
+async def _on_work_thread(state: _State, function: Callable[..., _T], *args: object) -> _T:
+    return await asyncio.get_running_loop().run_in_executor(state.work, function, *args)
 
 
 def _state(request: Request) -> _State:
@@ -118,27 +131,29 @@ def _reject_float(text: str) -> object:
 
 @dataclass
 class _Keys:
-    """The registry as one batch sees it: each edge key is read and parsed once per batch."""
+    """The registry as one batch sees it: each edge key is read once per batch."""
 
     storage: Storage
     records: dict[tuple[str, str], EdgeKeyRecord | None] = field(default_factory=dict)
-    verifiers: dict[str, Verifier] = field(default_factory=dict)
 
     def record(self, edge: str, key_id: str) -> EdgeKeyRecord | None:
         if (edge, key_id) not in self.records:
             self.records[(edge, key_id)] = self.storage.edge_key(edge, key_id)
         return self.records[(edge, key_id)]
 
-    def verifier(self, vkey: str) -> Verifier:
-        verifier = self.verifiers.get(vkey)
-        if verifier is None:
-            verifier = self.verifiers[vkey] = parse_vkey(vkey)
-        return verifier
+
+def _rejected(field: str, reason: str) -> dict[str, object]:
+    return {"status": "rejected", "error": {"field": field, "reason": reason}}
 
 
-def _validate(item: object, state: _State, now_ms: int, keys: _Keys | None = None) -> Receipt:
-    """One submitted receipt, checked before it may join the pool. Raises MalformedError
-    naming the field that is wrong (a bad signature names ``receipt.signature``)."""
+def _check(item: object, state: _State, now_ms: int, keys: _Keys) -> tuple[Receipt, SignedItem]:
+    """One submitted receipt, checked up to its signature: the receipt, and what its
+    signature must verify (its registered edge key and signed bytes). Raises MalformedError
+    naming the field that is wrong.
+
+    The key is found by the receipt's edge and key ID; the registry only holds keys whose
+    ``edge_key`` entry was validated, so its name is the edge's and its ID the key ID.
+    """
     entry = decode_entry(item if isinstance(item, bytes) else canonical_json(item))
     if not isinstance(entry, Receipt):
         raise MalformedError("receipt.kind", "only receipts may be submitted here")
@@ -149,29 +164,40 @@ def _validate(item: object, state: _State, now_ms: int, keys: _Keys | None = Non
         raise MalformedError("receipt.served_at_ms", "is in the future beyond the allowed skew")
     if entry.served_at_ms < now_ms - config.max_age_ms:
         raise MalformedError("receipt.served_at_ms", "is older than the log accepts")
-    if keys is None:
-        keys = _Keys(state.storage)
     record = keys.record(entry.edge, entry.key_id)
     if record is None:
         raise MalformedError("receipt.key_id", f"no edge key {entry.edge}+{entry.key_id}")
-    try:
-        verify_receipt(entry, keys.verifier(record.vkey))
-    except VerificationError as exc:
-        raise MalformedError("receipt.signature", str(exc)) from exc
-    return entry
+    return entry, (record.vkey, signed_message(entry), entry.signature)
 
 
-def _validate_all(
+def _check_all(
     items: Sequence[object], state: _State, now_ms: int
-) -> tuple[list[dict[str, object] | None], list[tuple[int, Receipt]]]:
+) -> tuple[list[dict[str, object] | None], list[tuple[int, Receipt, SignedItem]]]:
     results: list[dict[str, object] | None] = [None] * len(items)
-    valid: list[tuple[int, Receipt]] = []
+    unverified: list[tuple[int, Receipt, SignedItem]] = []
     keys = _Keys(state.storage)
     for i, item in enumerate(items):
         try:
-            valid.append((i, _validate(item, state, now_ms, keys)))
+            unverified.append((i, *_check(item, state, now_ms, keys)))
         except MalformedError as exc:
-            results[i] = {"status": "rejected", "error": {"field": exc.field, "reason": exc.reason}}
+            results[i] = _rejected(exc.field, exc.reason)
+    return results, unverified
+
+
+async def _validate_all(
+    items: Sequence[object], state: _State, now_ms: int
+) -> tuple[list[dict[str, object] | None], list[tuple[int, Receipt]]]:
+    """Every check of every submitted receipt: a result for each rejected one, and the
+    valid ones with their positions. The signatures are checked last, in one batch, by the
+    signature checker (in a worker process by default)."""
+    results, unverified = await _on_work_thread(state, _check_all, items, state, now_ms)
+    problems = await state.signatures.check([signed for _, _, signed in unverified])
+    valid: list[tuple[int, Receipt]] = []
+    for (position, receipt, _), problem in zip(unverified, problems, strict=True):
+        if problem is None:
+            valid.append((position, receipt))
+        else:
+            results[position] = _rejected("receipt.signature", problem)
     return results, valid
 
 
@@ -188,35 +214,15 @@ def _bundle(
     return format_bundle(bundle).decode()
 
 
-def _inclusion_proofs(
-    state: _State, indexes: Sequence[int], tree_size: int
-) -> dict[int, list[bytes]]:
-    """The inclusion proofs of ``indexes`` in the tree of ``tree_size``: what
-    :func:`~tlog.proofs.inclusion_proof` gives for each, but from one ``read_hashes`` call
-    for all of them, folding each subtree once (the paths of neighbouring leaves share most
-    of their subtrees)."""
-    paths = {index: inclusion_ranges(index, tree_size) for index in indexes}
-    ranges: dict[tuple[int, int], list[int]] = {}
-    for path in paths.values():
-        for lo, hi in path:
-            if (lo, hi) not in ranges:
-                ranges[(lo, hi)] = range_indexes(lo, hi)
-    needed = sorted({i for stored_indexes in ranges.values() for i in stored_indexes})
-    stored = dict(zip(needed, state.storage.read_hashes(needed), strict=True))
-    folded = {r: range_hash([stored[i] for i in found]) for r, found in ranges.items()}
-    return {index: [folded[r] for r in path] for index, path in paths.items()}
-
-
 def _answers(
     state: _State, outcomes: Sequence[object], checkpoint: StoredCheckpoint
 ) -> list[dict[str, object]]:
     answers: list[dict[str, object]] = []
-    proofs = _inclusion_proofs(
-        state, [o.index for o in outcomes if isinstance(o, Logged)], checkpoint.tree_size
-    )
+    indexes = [o.index for o in outcomes if isinstance(o, Logged)]
+    proofs = iter(inclusion_proofs(indexes, checkpoint.tree_size, state.storage))
     for outcome in outcomes:
         if isinstance(outcome, Logged):
-            proof = proofs[outcome.index]
+            proof = next(proofs)
             answers.append(
                 {
                     "status": "duplicate" if outcome.duplicate else "logged",
@@ -252,10 +258,10 @@ async def submit_receipts(request: Request) -> Response:
     config = state.config
     body = await _read_body(request, config.max_body_bytes)
     items = _parse_batch(body, request.headers.get("content-type", ""), config.max_batch_receipts)
-    results, valid = await asyncio.to_thread(_validate_all, items, state, _now_ms())
+    results, valid = await _validate_all(items, state, _now_ms())
     if valid:
         outcomes, checkpoint = await state.pool.submit([receipt for _, receipt in valid])
-        answers = await asyncio.to_thread(_answers, state, outcomes, checkpoint)
+        answers = await _on_work_thread(state, _answers, state, outcomes, checkpoint)
         for (position, _), answer in zip(valid, answers, strict=True):
             results[position] = answer
     for result in results:
@@ -315,7 +321,7 @@ async def admin_edge_key(request: Request) -> Response:
             raise MalformedError(f"edge_key.{name}", "missing")
     signed = sign_edge_key(EdgeKey(**obj), state.keys.operator_key)
     outcomes, checkpoint = await state.pool.submit([signed])
-    (answer,) = await asyncio.to_thread(_answers, state, outcomes, checkpoint)
+    (answer,) = await _on_work_thread(state, _answers, state, outcomes, checkpoint)
     # Refused against the registry as it stands (e.g. revoking an unknown key): 409.
     return JSONResponse(answer, status_code=409 if answer["status"] == "rejected" else 200)
 
@@ -578,7 +584,9 @@ def create_app(config: Config) -> Starlette:
         pool = Pool(
             storage, log, _now_ms, config.pool_max_entries, config.max_pending, on_sealed=sealed
         )
-        app.state.log = _State(config, storage, pool, keys, metrics)
+        work = ThreadPoolExecutor(1, thread_name_prefix="meterlog-work")
+        signatures = SignatureChecker(config.verify_processes, work)
+        app.state.log = _State(config, storage, pool, keys, metrics, work, signatures)
         scheduler = AsyncIOScheduler()
         scheduler.add_job(pool.seal, "interval", seconds=config.pool_interval_s, max_instances=1)
         scheduler.add_job(pool.resign, "interval", seconds=config.checkpoint_interval_s)
@@ -590,6 +598,9 @@ def create_app(config: Config) -> Starlette:
             scheduler.pause()
             await pool.seal()
             scheduler.shutdown(wait=False)
+            pool.close()
+            signatures.close()
+            work.shutdown(wait=True)
             storage.close()
 
     routes = [

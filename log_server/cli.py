@@ -113,6 +113,14 @@ def _origin(value: str) -> str:
     return value
 
 
+def _count(value: str) -> int:
+    if not value.isdigit() or str(int(value)) != value:
+        raise ValueError("not a whole number (0 or more)")
+    if int(value) > 64:
+        raise ValueError("more than 64")
+    return int(value)
+
+
 def _db(value: str) -> str:
     if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
         raise ValueError("neither sqlite:///PATH nor postgresql://...")
@@ -164,6 +172,8 @@ OPTIONS: tuple[Option, ...] = (
            _seconds, (int, float), "0.5", "pool_interval_s"),
     Option("checkpoint_interval", "S", "seconds between re-signed checkpoints when idle",
            _seconds, (int, float), "10", "checkpoint_interval_s"),
+    Option("verify_processes", "N", "worker processes that check receipt signatures "
+           "(0: in the server's own process)", _count, (int,), "1", "verify_processes"),
     Option("operator_token_file", "FILE", "a file holding the operator's bearer token for "
            "/v1/admin", _path, (str,), None, None, "DIR/operator.token, made on first start"),
 )  # fmt: skip
@@ -323,6 +333,7 @@ def serve(settings: Settings) -> int:
     # A seal that outlasts pool_interval_s makes APScheduler skip the next one, by design
     # (the pool seals everything waiting anyway); without this it warns about every skip.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    sys.setswitchinterval(0.0005)
 
     import uvicorn  # noqa: PLC0415 -- the server's dependencies load only to serve
 

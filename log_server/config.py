@@ -37,6 +37,8 @@ class Config:
     max_future_skew_ms: int = 5 * 60_000
     max_age_ms: int = 30 * 24 * 3_600_000
     page_limit: int = 1000
+    verify_processes: int = 1
+    """Worker processes that check receipt signatures; 0: the server's own work thread."""
 
     @property
     def db_url(self) -> str:

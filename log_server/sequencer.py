@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from log_server.storage import EdgeKeyRecord, EntryRecord, Storage, StoredCheckpoint
@@ -191,7 +192,7 @@ def sequence(
             elif (refused := _edge_key_problem(storage, entry)) is not None:
                 outcomes.append(refused)
                 continue
-            data = encode_entry(replace(entry, logged_at_ms=now_ms))
+            data = encode_entry(entry, logged_at_ms=now_ms)
             record = _record(size + len(records), data, entry, now_ms)
             records.append(record)
             if isinstance(entry, Receipt):
@@ -229,6 +230,10 @@ class Pool:
     :meth:`submit` returns only after the seal that logged its entries has committed.
     :meth:`seal` is called every ``pool_interval_s`` by the scheduler, and at once when the
     pool holds ``max_entries``. More than ``max_pending`` entries waiting raises OverloadedError.
+
+    :func:`sequence` runs on the pool's own thread, one seal at a time. It is the one step
+    every receipt waits for in turn, so it must not queue behind request work in a shared
+    thread pool; :meth:`close` stops the thread.
     """
 
     storage: Storage
@@ -242,6 +247,9 @@ class Pool:
     _count: int = 0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _seals: set[asyncio.Task[StoredCheckpoint | None]] = field(default_factory=set)
+    _thread: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="meterlog-sequencer")
+    )
 
     @property
     def pending(self) -> int:
@@ -271,10 +279,17 @@ class Pool:
         async with self._lock:
             if self._waiting:
                 return None
-            _, checkpoint = await asyncio.to_thread(
-                sequence, self.storage, self.log, [], self.clock_ms()
-            )
+            _, checkpoint = await self._sequence([])
             return checkpoint
+
+    async def _sequence(self, pending: list[Entry]) -> tuple[list[Outcome], StoredCheckpoint]:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._thread, sequence, self.storage, self.log, pending, self.clock_ms()
+        )
+
+    def close(self) -> None:
+        """Stop the sequencer thread (after any seal in flight); call when nothing seals."""
+        self._thread.shutdown(wait=True)
 
     async def seal(self) -> StoredCheckpoint | None:
         """Log everything waiting, in one transaction; answer each waiter after the commit."""
@@ -285,9 +300,7 @@ class Pool:
             pending = [e for w in batch for e in w.entries]
             started = time.perf_counter()
             try:
-                outcomes, checkpoint = await asyncio.to_thread(
-                    sequence, self.storage, self.log, pending, self.clock_ms()
-                )
+                outcomes, checkpoint = await self._sequence(pending)
             except BaseException as exc:
                 for waiting in batch:
                     if not waiting.future.done():

@@ -97,6 +97,7 @@ LAYERS: dict[str, tuple[str, str, str, str, tuple[object, object, object]]] = {
            ("sqlite:///t.db", "sqlite:///e.db", "postgresql://f/db")),
     "pool_interval": ("0.25", "1", "2.5", "config.pool_interval_s", (0.25, 1.0, 2.5)),
     "checkpoint_interval": ("2", "3.5", "4", "config.checkpoint_interval_s", (2.0, 3.5, 4.0)),
+    "verify_processes": ("0", "2", "3", "config.verify_processes", (0, 2, 3)),
     "operator_token_file": ('"t.token"', "e.token", "f.token", "operator_token_file",
                             (Path("t.token"), Path("e.token"), Path("f.token"))),
 }  # fmt: skip
@@ -168,6 +169,8 @@ def test_operator_token_file(tmp_path: Path) -> None:
         ({"host": " 127.0.0.1"}, {}, None, "--host  127.0.0.1: empty, or has"),
         ({"config": "missing.toml"}, {}, None, "--config missing.toml: No such file"),
         ({"operator_token_file": "missing"}, {}, None, "operator token file missing"),
+        ({"verify_processes": "-1"}, {}, None, "--verify-processes -1: not a whole number"),
+        ({}, {"METERLOG_VERIFY_PROCESSES": "65"}, None, "PROCESSES=65: more than 64"),
     ],
 )
 @pytest.mark.usefixtures("in_tmp_path")

@@ -1,0 +1,94 @@
+"""Checking the edges' signatures on submitted receipts, in worker processes.
+
+Owns :class:`SignatureChecker`. An Ed25519 check is the one piece of work per receipt that
+no log can skip, and about half of the server's CPU per receipt. In the server's own process
+it competes for the GIL with everything else (each check releases the GIL and must win it
+back), so by default the checks of each batch run in a worker process: one ``check_batch``
+call per batch, arguments and answers plain bytes and strings. Imports tlog only.
+
+What is checked here is the signature alone. The caller has already matched the receipt to
+its registered edge key (by edge and key ID, from the registry whose keys were checked when
+they were logged) and computed the signed bytes with :func:`tlog.entry.signed_message`:
+together that is :func:`tlog.entry.verify_receipt`, split so that only bytes cross the
+process boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from collections.abc import Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from functools import lru_cache
+
+from tlog.errors import VerificationError
+from tlog.note import Verifier, parse_vkey
+
+__all__ = ["SignatureChecker", "SignedItem", "check_batch"]
+
+SignedItem = tuple[str, bytes, bytes]
+"""(the signer's verifier key string, the signed bytes, the signature)."""
+
+
+@lru_cache(maxsize=4096)
+def _verifier(vkey: str) -> Verifier:
+    return parse_vkey(vkey)
+
+
+def check_batch(items: Sequence[SignedItem]) -> list[str | None]:
+    """For each item, None if its signature verifies under its key, else the reason."""
+    problems: list[str | None] = []
+    for vkey, message, signature in items:
+        try:
+            _verifier(vkey).verify_message(message, signature)
+        except VerificationError as exc:
+            problems.append(str(exc))
+        else:
+            problems.append(None)
+    return problems
+
+
+class SignatureChecker:
+    """Checks batches of signatures in ``processes`` worker processes, or with 0 on
+    ``thread`` (the server's work thread). Workers start on first use, with the ``spawn``
+    method: the server has threads and open database connections, which a forked child
+    must not inherit.
+
+    A worker that dies (killed, out of memory) breaks a ``ProcessPoolExecutor`` for good;
+    the checker then starts a new pool and checks the batch again, once.
+    """
+
+    def __init__(self, processes: int, thread: Executor) -> None:
+        if processes < 0:
+            raise ValueError("processes must be 0 or more")
+        self.processes = processes
+        self._thread = thread
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> Executor:
+        if self.processes == 0:
+            return self._thread
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                self.processes, mp_context=multiprocessing.get_context("spawn")
+            )
+        return self._pool
+
+    async def check(self, items: Sequence[SignedItem]) -> list[str | None]:
+        """One answer per item, in order (see :func:`check_batch`)."""
+        if not items:
+            return []
+        loop = asyncio.get_running_loop()
+        batch = list(items)
+        try:
+            return await loop.run_in_executor(self._executor(), check_batch, batch)
+        except BrokenProcessPool:
+            self.close()
+            return await loop.run_in_executor(self._executor(), check_batch, batch)
+
+    def close(self) -> None:
+        """Stop the worker processes, if any (the work thread is the caller's to stop)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
