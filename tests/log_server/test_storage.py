@@ -10,6 +10,7 @@ that ``sequencing()`` excludes a second writer on the same database.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Sequence
 from hashlib import sha256
@@ -17,7 +18,13 @@ from hashlib import sha256
 import peewee
 import pytest
 
-from log_server.storage import EdgeKeyRecord, EntryRecord, Storage, StoredCheckpoint
+from log_server.storage import (
+    PARTITION_BITS,
+    EdgeKeyRecord,
+    EntryRecord,
+    Storage,
+    StoredCheckpoint,
+)
 from tlog.errors import MalformedError
 
 
@@ -215,6 +222,31 @@ def test_find_entries_pages_by_column(storage: Storage, column: str) -> None:
     assert page(-1, 0) == []
     assert storage.find_entries(column, "nobody") == []
     assert storage.find_entries(column, "wanted", -1, 1) == [records[0]]
+
+
+def test_lookups_cross_partitions(storage: Storage) -> None:
+    # Entries in partitions 0, 1, 2 and 4 (none in 3), both sides of each boundary.
+    size = 1 << PARTITION_BITS
+    indexes = [5, size - 1, size, 2 * size + 7, 4 * size - 1 + size // 2, 4 * size + 3]
+    records = [
+        record(i, edge="e", request_id=f"r{i}", consumer_id="c" if n % 2 else "d")
+        for n, i in enumerate(indexes)
+    ]
+    # The same leaf hash at two indexes in different partitions: the lower one is found.
+    twin = dataclasses.replace(record(4 * size + 9), leaf_hash=records[2].leaf_hash)
+    write(storage, entries=[*records, twin])
+    for r in records:
+        assert storage.index_of_leaf(r.leaf_hash) == r.index
+    assert storage.index_of_leaf(h(999)) is None
+    wanted = [r.index for r in records if r.consumer_id == "c"]
+    assert [r.index for r in storage.find_entries("consumer_id", "c")] == wanted
+    pages, after = [], -1
+    while batch := storage.find_entries("consumer_id", "c", after, 2):
+        pages.append([r.index for r in batch])
+        after = batch[-1].index
+    assert pages == [wanted[:2], wanted[2:]]
+    assert storage.find_entries("consumer_id", "c", indexes[-1], 5) == []
+    assert storage.find_entries("consumer_id", "c", 10 * size, 5) == []
 
 
 def test_find_entries_refuses_other_columns(storage: Storage) -> None:
