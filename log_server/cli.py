@@ -333,7 +333,6 @@ def serve(settings: Settings) -> int:
     # A seal that outlasts pool_interval_s makes APScheduler skip the next one, by design
     # (the pool seals everything waiting anyway); without this it warns about every skip.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
-    sys.setswitchinterval(0.0005)
 
     import uvicorn  # noqa: PLC0415 -- the server's dependencies load only to serve
 
