@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import orjson
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -91,13 +92,21 @@ async def _on_work_thread(state: _State, function: Callable[..., _T], *args: obj
     return await asyncio.get_running_loop().run_in_executor(state.work, function, *args)
 
 
+class _JSON(JSONResponse):
+    """A JSON response written by orjson: an answer to a batch holds a bundle per receipt,
+    about half a megabyte for 256 receipts, and Python's encoder took 8% of the server."""
+
+    def render(self, content: object) -> bytes:
+        return orjson.dumps(content)
+
+
 def _state(request: Request) -> _State:
     state: _State = request.app.state.log
     return state
 
 
-def _error(status: int, field: str, reason: str) -> JSONResponse:
-    return JSONResponse({"error": {"field": field, "reason": reason}}, status_code=status)
+def _error(status: int, field: str, reason: str) -> _JSON:
+    return _JSON({"error": {"field": field, "reason": reason}}, status_code=status)
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -268,7 +277,7 @@ async def submit_receipts(request: Request) -> Response:
         if result is not None:
             state.metrics.submissions.labels(outcome=str(result["status"])).inc()
     accepted = any(r is not None and r["status"] in ("logged", "duplicate") for r in results)
-    return JSONResponse({"results": results}, status_code=200 if accepted else 422)
+    return _JSON({"results": results}, status_code=200 if accepted else 422)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -323,7 +332,7 @@ async def admin_edge_key(request: Request) -> Response:
     outcomes, checkpoint = await state.pool.submit([signed])
     (answer,) = await _on_work_thread(state, _answers, state, outcomes, checkpoint)
     # Refused against the registry as it stands (e.g. revoking an unknown key): 409.
-    return JSONResponse(answer, status_code=409 if answer["status"] == "rejected" else 200)
+    return _JSON(answer, status_code=409 if answer["status"] == "rejected" else 200)
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -387,9 +396,7 @@ async def get_inclusion(request: Request) -> Response:
     if index >= tree_size:
         raise MalformedError("index", f"{index} is not below tree_size {tree_size}")
     proof = await asyncio.to_thread(inclusion_proof, index, tree_size, state.storage)
-    return JSONResponse(
-        {"index": index, "tree_size": tree_size, "proof": [encode_b64(h) for h in proof]}
-    )
+    return _JSON({"index": index, "tree_size": tree_size, "proof": [encode_b64(h) for h in proof]})
 
 
 async def get_consistency(request: Request) -> Response:
@@ -402,7 +409,7 @@ async def get_consistency(request: Request) -> Response:
     if old_size > new_size:
         raise MalformedError("old_size", f"{old_size} is larger than new_size {new_size}")
     proof = await asyncio.to_thread(consistency_proof, old_size, new_size, state.storage)
-    return JSONResponse(
+    return _JSON(
         {"old_size": old_size, "new_size": new_size, "proof": [encode_b64(h) for h in proof]}
     )
 
@@ -415,9 +422,7 @@ async def get_entries(request: Request) -> Response:
     if end < start or end - start > state.config.page_limit:
         raise MalformedError("end", f"must be in start..start+{state.config.page_limit}")
     records = await asyncio.to_thread(state.storage.entries, start, end)
-    return JSONResponse(
-        {"entries": [{"index": r.index, "entry": r.data.decode()} for r in records]}
-    )
+    return _JSON({"entries": [{"index": r.index, "entry": r.data.decode()} for r in records]})
 
 
 async def get_receipt(request: Request) -> Response:
@@ -431,7 +436,7 @@ async def get_receipt(request: Request) -> Response:
     if checkpoint is None:
         raise HTTPException(503, "no checkpoint yet")
     bundle = await asyncio.to_thread(_bundle, state, record.index, record.data, checkpoint)
-    return JSONResponse({"index": record.index, "bundle": bundle})
+    return _JSON({"index": record.index, "bundle": bundle})
 
 
 _FINDERS = {
@@ -473,7 +478,7 @@ async def find_receipts(request: Request) -> Response:
         if r.index < checkpoint.tree_size
     ]
     next_after = records[-1].index if len(records) == limit else None
-    return JSONResponse({"receipts": receipts, "next_after": next_after})
+    return _JSON({"receipts": receipts, "next_after": next_after})
 
 
 async def get_checkpoints(request: Request) -> Response:
@@ -484,7 +489,7 @@ async def get_checkpoints(request: Request) -> Response:
     if not 1 <= limit <= state.config.page_limit:
         raise MalformedError("limit", f"must be in 1..{state.config.page_limit}")
     rows = await asyncio.to_thread(state.storage.checkpoints, after, limit)
-    return JSONResponse(
+    return _JSON(
         {
             "checkpoints": [
                 {
@@ -502,7 +507,7 @@ async def get_checkpoints(request: Request) -> Response:
 
 async def get_edge_keys(request: Request) -> Response:
     records = await asyncio.to_thread(_state(request).storage.edge_keys)
-    return JSONResponse(
+    return _JSON(
         {
             "edge_keys": [
                 {
@@ -522,7 +527,7 @@ async def get_edge_keys(request: Request) -> Response:
 async def healthz(request: Request) -> Response:
     state = _state(request)
     latest = await asyncio.to_thread(state.storage.latest_checkpoint)
-    return JSONResponse(
+    return _JSON(
         {
             "ok": latest is not None,
             "tree_size": 0 if latest is None else latest.tree_size,
@@ -539,7 +544,7 @@ async def get_metrics(request: Request) -> Response:
 
 
 async def get_openapi(request: Request) -> Response:
-    return JSONResponse(OPENAPI)
+    return _JSON(OPENAPI)
 
 
 # -- errors, in one place ---------------------------------------------------------------

@@ -113,6 +113,11 @@ def canonical_json(value: object) -> bytes:
 
 _FIELDS_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
+try:  # an accelerator, not a dependency: the log server installs it, verifiers need not
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - tests run both ways (see tests/tlog/test_entry.py)
+    _orjson = None  # type: ignore[assignment]
+
 
 def _fields_json(fields: Mapping[str, JSONValue]) -> bytes:
     """The canonical JSON of an entry's fields, which its ``__post_init__`` has checked.
@@ -120,7 +125,16 @@ def _fields_json(fields: Mapping[str, JSONValue]) -> bytes:
     What :func:`canonical_json` returns for them, without walking them again: every field
     name is ASCII, so Python's code-point key order is RFC 8785's UTF-16 order, and every
     value is a checked string, an integer within +-(2**53 - 1) or a list of such integers.
+
+    With orjson installed it writes them, ten times as fast; for such fields its output is
+    the standard library's byte for byte (sorted keys, no whitespace, UTF-8, the same
+    escapes), which the tests check on every kind of entry.
     """
+    if _orjson is not None:
+        try:
+            return _orjson.dumps(fields, option=_orjson.OPT_SORT_KEYS)
+        except _orjson.JSONEncodeError as exc:
+            raise MalformedError("$", "a string holds a lone surrogate") from exc
     text = _FIELDS_ENCODER.encode(fields)
     try:
         return text.encode("utf-8")
@@ -492,7 +506,7 @@ def decode_entry(data: bytes) -> Entry:
     if len(data) > MAX_ENTRY_SIZE:
         raise MalformedError("entry", f"{len(data)} bytes, over {MAX_ENTRY_SIZE}")
     try:
-        value = json.loads(data)
+        value = json.loads(data) if _orjson is None else _orjson.loads(data)
         if isinstance(value, dict):
             entry = _read_entry(value)
             if encode_entry(entry) == data:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -39,6 +40,22 @@ from tlog.entry import (
 from tlog.errors import InvalidSignatureError, MalformedError, UnknownKeyError
 from tlog.note import ALG_COSIGNATURE_V1, SigningKey, format_vkey
 from tlog.parsing import encode_b64
+
+
+@pytest.fixture(scope="module", autouse=True, params=["orjson", "stdlib"])
+def json_codec(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test here runs twice: with orjson (the log server's accelerator) encoding and
+    parsing entries, and with the standard library alone (a verifier's install)."""
+    installed = tlog.entry._orjson
+    if request.param == "orjson" and installed is None:
+        pytest.fail("orjson is not installed: the tests need it (the dev and server extras)")
+    if request.param == "stdlib":
+        tlog.entry._orjson = None
+    try:
+        yield request.param
+    finally:
+        tlog.entry._orjson = installed
+
 
 EDGE = SigningKey("edge-fra-1", bytes(range(32)))
 OPERATOR = SigningKey("operator.example.com", bytes(range(100, 132)))
@@ -761,6 +778,22 @@ def test_encoding_checked_fields_is_canonical_json(entry: Receipt | EdgeKey, now
         {**fields, "signature": encode_b64(entry.signature), "logged_at_ms": now_ms}
     )
     assert encode_entry(entry, logged_at_ms=now_ms) == encode_entry(logged) == want
+
+
+flat_values = st.one_of(
+    st.text(st.characters(exclude_categories=["Cs"])),  # any string without lone surrogates
+    st.integers(-MAX_SAFE_INTEGER, MAX_SAFE_INTEGER),
+    st.booleans(),
+    st.lists(st.integers(-MAX_SAFE_INTEGER, MAX_SAFE_INTEGER), max_size=3),
+)
+
+
+@given(st.dictionaries(st.text(st.characters(max_codepoint=0x7F), max_size=12), flat_values))
+def test_field_encoding_is_canonical_json_for_any_checked_values(fields: dict[str, Any]) -> None:
+    # What entry kinds may hold (ASCII field names; strings, safe integers, booleans, lists
+    # of integers) encodes the same with either codec: control characters, quotes,
+    # backslashes, U+2028, DEL and astral characters included.
+    assert tlog.entry._fields_json(fields) == canonical_json(fields)
 
 
 def test_logged_at_ms_is_given_once_and_checked() -> None:
