@@ -53,6 +53,10 @@ apply); notes then go to stderr. Without ``--json`` readable lines go to stdout.
   ``value`` receipts/s, ``floor`` the floor's receipts/s, ``ratio`` our time / floor time
   (= floor / value; 1.0 would mean the log costs no more than checking the signatures).
 - ``throughput_flatness``: rate at big / rate at small (1.0: no slow-down as the tree grows).
+- ``cpu_flatness``: the server's CPU time per receipt at small / at big, over the same
+  windows (its processes' user + system time from /proc, read at every answer). On a shared
+  machine other work changes the rates far more than the CPU time the server spends per
+  receipt, so this tells whether the tree's growth costs anything when the rates are noisy.
 - ``latency_load_receipts_per_s``: the rate the open-loop phase achieved; ``ratio`` it / the
   rate at small (about 0.5).
 - ``latency_p50_s``, ``latency_p99_s``: submit-to-proof latency of the open-loop batches.
@@ -98,6 +102,7 @@ WEEK_MS = 7 * 86_400_000
 CACHE_VERSION = "v1"
 SIGN_CHUNK = 5_000
 KEEPALIVE_S = 2.0
+CHILDREN_RESCAN_S = 1.0
 LOGGED = b'"status":"logged"'
 
 
@@ -234,6 +239,8 @@ class Server:
     url: str
     data_dir: Path
     log_path: Path
+    _pids: list[int] = field(default_factory=list)
+    _scanned: float = 0.0
 
     def log_tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-2000:]
@@ -248,16 +255,31 @@ class Server:
 
     def cpu_s(self) -> float:
         """User + system CPU seconds the server has used so far: all threads of its process
-        and of its live child processes (the signature checkers)."""
+        and of its child processes (the signature checkers, which start on first use), looked
+        for again every CHILDREN_RESCAN_S."""
+        now = time.monotonic()
+        if not self._pids or now - self._scanned > CHILDREN_RESCAN_S:
+            self._pids, self._scanned = [self.process.pid, *self._children()], now
         ticks = 0
+        for pid in self._pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            except OSError:  # a child that ended: look for its successor next time
+                self._pids = []
+                continue
+            ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    def _children(self) -> list[int]:
+        found = []
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
-                fields = stat.read_text().rpartition(")")[2].split()
+                parent = stat.read_text().rpartition(")")[2].split()[1]
             except OSError:
-                continue  # a process that ended meanwhile
-            if stat.parent.name == str(self.process.pid) or fields[1] == str(self.process.pid):
-                ticks += int(fields[11]) + int(fields[12])
-        return ticks / os.sysconf("SC_CLK_TCK")
+                continue
+            if parent == str(self.process.pid):
+                found.append(int(stat.parent.name))
+        return found
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -329,29 +351,43 @@ async def register_edges(session: aiohttp.ClientSession, server: Server, edges: 
 # -- load -------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Window:
+    """The answers between two answered counts: receipts/s and server CPU per receipt."""
+
+    rate: float
+    receipts: int
+    seconds: float
+    cpu_us: float
+
+
 @dataclass
 class Run:
-    """Answers of one phase: (monotonic time read, receipts logged), in arrival order."""
+    """Answers of one phase, in arrival order: (monotonic time read, receipts logged, the
+    server's CPU seconds so far)."""
 
-    answers: list[tuple[float, int]] = field(default_factory=list)
+    answers: list[tuple[float, int, float]] = field(default_factory=list)
     first_answer: bytes = b""
     server_cpu_s: float = 0.0
     client_cpu_s: float = 0.0
     wall_s: float = 0.0
 
-    def rate(self, lo: int, hi: int) -> tuple[float, int, float]:
-        """Receipts/s while the answered count goes from ``lo`` to ``hi`` (see the module
-        docstring); also the receipts and seconds it is computed from."""
+    def rate(self, lo: int, hi: int) -> Window:
+        """The window while the answered count goes from ``lo`` to ``hi`` (see the module
+        docstring)."""
         count = 0
-        t_lo = c_lo = None
-        for t, n in self.answers:
+        start: tuple[float, int, float] | None = None
+        for t, n, cpu in self.answers:
             count += n
-            if t_lo is None and count >= lo:
-                t_lo, c_lo = t, count
+            if start is None and count >= lo:
+                start = (t, count, cpu)
             if count >= hi:
-                if t_lo is None or c_lo is None or t <= t_lo:
+                if start is None or t <= start[0]:
                     break
-                return (count - c_lo) / (t - t_lo), count - c_lo, t - t_lo
+                receipts, seconds = count - start[1], t - start[0]
+                return Window(
+                    receipts / seconds, receipts, seconds, (cpu - start[2]) / receipts * 1e6
+                )
         raise BenchError(f"too few answers to measure between {lo} and {hi} receipts")
 
 
@@ -385,7 +421,7 @@ async def closed_loop(
     async def worker() -> None:
         for body in queue:  # one event loop: each body is taken by exactly one worker
             answer = await post_batch(session, url, body, batch)
-            run.answers.append((time.perf_counter(), batch))
+            run.answers.append((time.perf_counter(), batch, server.cpu_s()))
             if not run.first_answer:
                 run.first_answer = answer
 
@@ -412,7 +448,7 @@ async def open_loop(
     async def send(session: aiohttp.ClientSession, body: bytes, due: float) -> float:
         await post_batch(session, url, body, batch)
         done = time.perf_counter()
-        run.answers.append((done, batch))
+        run.answers.append((done, batch, server.cpu_s()))
         return done - due
 
     cpu0, client0 = server.cpu_s(), time.process_time()
@@ -451,7 +487,7 @@ def check_first_bundle(run: Run, server: Server, bodies: Sequence[bytes]) -> int
 def cpu_note(out: Report, name: str, run: Run) -> None:
     """CPU use of the phase; the server's CPU time per receipt is the figure that other work
     on the machine disturbs least (it slows the server, but adds little to its CPU time)."""
-    receipts = sum(n for _, n in run.answers)
+    receipts = sum(n for _, n, _ in run.answers)
     out.note(
         f"{name}: server {run.server_cpu_s / run.wall_s:.2f} cores "
         f"({run.server_cpu_s / receipts * 1e6:.0f} us of CPU per receipt), client (this "
@@ -562,16 +598,17 @@ async def load(plan: Plan, out: Report, server: Server, bodies: list[bytes]) -> 
     n1 = plan.batches(SMALL_TREE + plan.window - base)
     nl = plan.batches(plan.window)
     run1 = await closed_loop(server, bodies[:n1], b, plan.concurrency)
-    rate, count, seconds = run1.rate(SMALL_TREE - base, SMALL_TREE + plan.window - base)
-    figures["small"] = rate
+    small = run1.rate(SMALL_TREE - base, SMALL_TREE + plan.window - base)
+    figures["small"], figures["small_cpu_us"] = small.rate, small.cpu_us
     index = check_first_bundle(run1, server, bodies)
     out.note(
-        f"run 1: {n1 * b:,} receipts closed loop; at tree size {SMALL_TREE:,}: {count:,} "
-        f"receipts in {seconds:.2f} s (first bundle verified in full, index {index})"
+        f"run 1: {n1 * b:,} receipts closed loop; at tree size {SMALL_TREE:,}: "
+        f"{small.receipts:,} receipts in {small.seconds:.2f} s, {small.cpu_us:.0f} us of server "
+        f"CPU per receipt (first bundle verified in full, index {index})"
     )
     cpu_note(out, "run 1", run1)
 
-    target = plan.latency_rate or rate / 2
+    target = plan.latency_rate or small.rate / 2
     latencies, achieved, lrun = await open_loop(server, bodies[n1 : n1 + nl], b, target)
     figures["latency_rate"] = achieved
     cuts = statistics.quantiles(latencies, n=100, method="inclusive")
@@ -586,21 +623,25 @@ async def load(plan: Plan, out: Report, server: Server, bodies: list[bytes]) -> 
     n2 = plan.batches(plan.big + plan.window - size)
     run2 = await closed_loop(server, bodies[n1 + nl : n1 + nl + n2], b, plan.concurrency)
     first = run2.answers[0][1]
-    sustained, scount, sseconds = run2.rate(first, n2 * b)
-    figures["sustained"] = sustained
-    rate, count, seconds = run2.rate(plan.big - size, plan.big + plan.window - size)
-    figures["big"] = rate
+    sustained = run2.rate(first, n2 * b)
+    figures["sustained"] = sustained.rate
+    big = run2.rate(plan.big - size, plan.big + plan.window - size)
+    figures["big"], figures["big_cpu_us"] = big.rate, big.cpu_us
     out.note(
         f"run 2: {n2 * b:,} receipts closed loop from tree size {size:,}; sustained: "
-        f"{scount:,} receipts in {sseconds:.1f} s; at tree size {plan.big:,}: {count:,} "
-        f"receipts in {seconds:.2f} s"
+        f"{sustained.receipts:,} receipts in {sustained.seconds:.1f} s; at tree size "
+        f"{plan.big:,}: {big.receipts:,} receipts in {big.seconds:.2f} s, {big.cpu_us:.0f} us "
+        "of server CPU per receipt"
     )
     cpu_note(out, "run 2", run2)
     tenths = []
     for k in range(10):
         lo, hi = max(first, k * n2 * b // 10), (k + 1) * n2 * b // 10
-        tenths.append(f"{size + lo:,}..{size + hi:,}: {run2.rate(lo, hi)[0]:,.0f}/s")
-    out.note("run 2 by tenths (tree sizes: receipts/s): " + "; ".join(tenths))
+        tenth = run2.rate(lo, hi)
+        tenths.append(f"{size + lo:,}..{size + hi:,}: {tenth.rate:,.0f}/s ({tenth.cpu_us:.0f} us)")
+    out.note(
+        "run 2 by tenths (tree sizes: receipts/s (server CPU per receipt)): " + "; ".join(tenths)
+    )
     async with new_session() as session:
         out.note(f"final tree size {await tree_size(session, server):,}")
     return figures
@@ -654,6 +695,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         round(flat, 3),
         "big/small",
         line=f"flatness:    {flat:.3f} (receipts/s at {plan.big:,} / at {SMALL_TREE:,})",
+    )
+    cpu_flat = figures["small_cpu_us"] / figures["big_cpu_us"]
+    out.metric(
+        "cpu_flatness",
+        round(cpu_flat, 3),
+        "small/big",
+        line=f"CPU flatness: {cpu_flat:.3f} (server CPU per receipt at {SMALL_TREE:,}: "
+        f"{figures['small_cpu_us']:.0f} us / at {plan.big:,}: {figures['big_cpu_us']:.0f} us)",
     )
     out.metric(
         "latency_load_receipts_per_s",
