@@ -83,6 +83,9 @@ class _State:
     answers): concurrent batches queue for it instead of crowding the sequencer's thread
     off the GIL."""
     signatures: SignatureChecker
+    in_flight: int = 0
+    """Receipts of submissions between arrival and answer (checked, pooled or answered):
+    kept at most ``max_pending``, so the work queued in the server is bounded too."""
 
 
 _T = TypeVar("_T")
@@ -267,12 +270,20 @@ async def submit_receipts(request: Request) -> Response:
     config = state.config
     body = await _read_body(request, config.max_body_bytes)
     items = _parse_batch(body, request.headers.get("content-type", ""), config.max_batch_receipts)
-    results, valid = await _validate_all(items, state, _now_ms())
-    if valid:
-        outcomes, checkpoint = await state.pool.submit([receipt for _, receipt in valid])
-        answers = await _on_work_thread(state, _answers, state, outcomes, checkpoint)
-        for (position, _), answer in zip(valid, answers, strict=True):
-            results[position] = answer
+    count = len(items)
+    if state.in_flight + count > config.max_pending:
+        raise OverloadedError(f"{state.in_flight} receipts are already being checked or logged")
+    state.in_flight += count
+    try:
+        results, valid = await _validate_all(items, state, _now_ms())
+        del body, items  # only the checked receipts wait for the seal
+        if valid:
+            outcomes, checkpoint = await state.pool.submit([receipt for _, receipt in valid])
+            answers = await _on_work_thread(state, _answers, state, outcomes, checkpoint)
+            for (position, _), answer in zip(valid, answers, strict=True):
+                results[position] = answer
+    finally:
+        state.in_flight -= count
     for result in results:
         if result is not None:
             state.metrics.submissions.labels(outcome=str(result["status"])).inc()

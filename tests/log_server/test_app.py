@@ -6,8 +6,10 @@ and leave the log unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -465,3 +467,32 @@ async def test_too_much_pending_work_is_503_with_retry_after(
             assert response.headers["retry-after"] == "1"
             assert response.json()["error"]["field"] == "log"
             assert await log.snapshot() == before
+
+
+async def test_work_queued_in_the_server_is_bounded_too(storage_url: str, tmp_path: Path) -> None:
+    # Receipts count against max_pending from arrival, not only once pooled: with the work
+    # thread held, a first batch waits to be checked and a second, over the limit, is
+    # refused at once instead of queueing behind it.
+    config = Config(data_dir=tmp_path / "data", origin=ORIGIN, db=storage_url, max_pending=3)
+    app = create_app(config)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://log.test") as client:
+            log = Log(client, config.data_dir)
+            assert (await log.register(EDGE)).status_code == 200
+            held = threading.Event()
+            app.state.log.work.submit(held.wait, 30)
+            first = asyncio.ensure_future(log.submit(receipt(0), receipt(1)))
+            for _ in range(500):  # until the first batch is admitted (bounded)
+                if app.state.log.in_flight == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert app.state.log.in_flight == 2
+            second = await log.submit(receipt(2), receipt(3))
+            assert second.status_code == 503
+            assert second.headers["retry-after"] == "1"
+            assert "2 receipts are already being checked or logged" in second.text
+            held.set()
+            assert (await first).status_code == 200
+            assert app.state.log.in_flight == 0
+            assert (await log.submit(receipt(2), receipt(3))).status_code == 200
