@@ -36,6 +36,7 @@ from log_server.sequencer import (
     sequence,
 )
 from log_server.storage import EdgeKeyRecord, Storage, StoredCheckpoint
+from log_server.witnesses import Witnessing
 from tlog.bundle import ProofBundle, format_bundle
 from tlog.entry import (
     EdgeKey,
@@ -49,6 +50,7 @@ from tlog.errors import MalformedError, VerificationError
 from tlog.merkle import range_hash, range_indexes
 from tlog.note import Verifier, parse_vkey
 from tlog.parsing import MAX_INT63, decode_b64, encode_b64, parse_decimal
+from tlog.policy import parse_policy
 from tlog.proofs import consistency_proof, inclusion_proof, inclusion_ranges
 from tlog.tiles import (
     ENTRIES,
@@ -69,6 +71,10 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _now_s() -> int:
+    return time.time_ns() // 1_000_000_000
+
+
 @dataclass
 class _State:
     config: Config
@@ -76,6 +82,7 @@ class _State:
     pool: Pool
     keys: DataDir
     metrics: Metrics
+    witnessing: Witnessing | None = None
 
 
 def _state(request: Request) -> _State:
@@ -324,11 +331,19 @@ async def admin_edge_key(request: Request) -> Response:
 
 
 async def get_checkpoint(request: Request) -> Response:
-    latest = await asyncio.to_thread(_state(request).storage.latest_checkpoint)
-    if latest is None:
-        raise HTTPException(503, "the log has not signed a checkpoint yet")
+    state = _state(request)
+    if state.witnessing is not None:
+        # With witnesses: their cosignatures merged in, and the quorum's checkpoint only.
+        note = await asyncio.to_thread(state.witnessing.served)
+        if note is None:
+            raise HTTPException(503, "no checkpoint has the witness quorum yet")
+    else:
+        latest = await asyncio.to_thread(state.storage.latest_checkpoint)
+        if latest is None:
+            raise HTTPException(503, "the log has not signed a checkpoint yet")
+        note = latest.note
     return Response(
-        latest.note,
+        note,
         media_type="text/plain; charset=utf-8",
         headers={"Cache-Control": _SHORT},
     )
@@ -494,6 +509,15 @@ async def get_checkpoints(request: Request) -> Response:
     )
 
 
+async def get_checkpoint_at(request: Request) -> Response:
+    """The latest signed checkpoint of exactly one tree size (a past one, for verifiers)."""
+    tree_size = parse_decimal(request.path_params["tree_size"], "tree_size")
+    found = await asyncio.to_thread(_state(request).storage.checkpoint_at, tree_size)
+    if found is None:
+        raise HTTPException(404, f"no checkpoint of size {tree_size}")
+    return Response(found.note, media_type="text/plain; charset=utf-8")
+
+
 async def get_edge_keys(request: Request) -> Response:
     records = await asyncio.to_thread(_state(request).storage.edge_keys)
     return JSONResponse(
@@ -578,10 +602,19 @@ def create_app(config: Config) -> Starlette:
         pool = Pool(
             storage, log, _now_ms, config.pool_max_entries, config.max_pending, on_sealed=sealed
         )
-        app.state.log = _State(config, storage, pool, keys, metrics)
+        witnessing = None
+        if config.witness_policy is not None:
+            policy = parse_policy(config.witness_policy.read_text(encoding="utf-8"))
+            witnessing = Witnessing(storage, policy, _now_s, config.witness_timeout_s)
+        app.state.log = _State(config, storage, pool, keys, metrics, witnessing)
         scheduler = AsyncIOScheduler()
         scheduler.add_job(pool.seal, "interval", seconds=config.pool_interval_s, max_instances=1)
         scheduler.add_job(pool.resign, "interval", seconds=config.checkpoint_interval_s)
+        if witnessing is not None:
+            scheduler.add_job(
+                witnessing.submit_latest, "interval", seconds=config.witness_interval_s,
+                max_instances=1,
+            )  # fmt: skip
         scheduler.start()
         try:
             yield
@@ -590,6 +623,8 @@ def create_app(config: Config) -> Starlette:
             scheduler.pause()
             await pool.seal()
             scheduler.shutdown(wait=False)
+            if witnessing is not None:
+                await witnessing.aclose()
             storage.close()
 
     routes = [
@@ -599,6 +634,7 @@ def create_app(config: Config) -> Starlette:
         Route("/v1/receipts", find_receipts, methods=["GET"]),
         Route("/v1/receipts/{edge}/{request_id}", get_receipt, methods=["GET"]),
         Route("/v1/checkpoints", get_checkpoints, methods=["GET"]),
+        Route("/v1/checkpoints/{tree_size}", get_checkpoint_at, methods=["GET"]),
         Route("/v1/proofs/inclusion", get_inclusion, methods=["GET"]),
         Route("/v1/proofs/consistency", get_consistency, methods=["GET"]),
         Route("/v1/entries", get_entries, methods=["GET"]),

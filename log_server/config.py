@@ -37,6 +37,11 @@ class Config:
     max_future_skew_ms: int = 5 * 60_000
     max_age_ms: int = 30 * 24 * 3_600_000
     page_limit: int = 1000
+    witness_policy: Path | None = None
+    """A C2SP tlog-policy style file of the witnesses to submit checkpoints to (``witness``
+    lines with URLs) and the ``quorum`` a checkpoint needs before GET /checkpoint serves it."""
+    witness_interval_s: float = 1.0
+    witness_timeout_s: float = 10.0
 
     @property
     def db_url(self) -> str:
