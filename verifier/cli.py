@@ -398,20 +398,26 @@ def _run_receipts_get(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"--out {out}: {exc.strerror or exc}") from exc
-    ok = failed = 0
+    ok = failed = skipped = 0
     with _client(args) as client:
         for report in fetch_receipts(
             client, policy, out, consumer=args.consumer, job=args.job,
             operator_keys=operator_keys, evidence_dir=Path(args.evidence_dir),
         ):  # fmt: skip
-            if report.ok:
+            if report.ok and args.json:
+                print(json.dumps(report.to_json(), sort_keys=True))
+            if report.facts.get("skipped"):
+                skipped += 1
+            elif report.ok:
                 ok += 1
-                if args.json:
-                    print(json.dumps(report.to_json(), sort_keys=True))
             else:
                 failed += 1
                 _emit(report, args.json)
-    print(f"receipts: {ok} verified and written to {out}, {failed} failed", file=sys.stderr)
+    print(
+        f"receipts: {ok} verified and written to {out}, {failed} failed"
+        + (f", {skipped} of other consumers skipped" if skipped else ""),
+        file=sys.stderr,
+    )
     return EXIT_FAILED if failed else EXIT_OK
 
 

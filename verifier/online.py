@@ -332,10 +332,11 @@ def _one_receipt(report: Report, text: object, f: _Fetch) -> Report:
         if not isinstance(entry, Receipt):
             raise VerificationError(f"entry {bundle.index} is not a receipt")
         if entry.consumer_id != consumer or (job is not None and entry.job_id != job):
-            raise VerificationError(
-                f"entry {bundle.index} is for {entry.consumer_id}/{entry.job_id}, not "
-                f"{consumer}/{job or '*'}"
-            )
+            # Another consumer's receipt of the same job (or a log answering off the query):
+            # not this buyer's, so neither kept nor a failure.
+            report.skipped("consumer", f"for {entry.consumer_id}/{entry.job_id}, not ours")
+            report.facts["skipped"] = True
+            return report
         statement = keys.get(entry.edge, entry.key_id)
         until = statement.valid_until_ms
         if entry.served_at_ms < statement.valid_from_ms or (
