@@ -217,7 +217,14 @@ def _check_and_record(
             "tree_size = excluded.tree_size, root_hash = excluded.root_hash, "
             "checkpoint = excluded.checkpoint, cosignature = excluded.cosignature, "
             "cosigned_at_s = excluded.cosigned_at_s",
-            (origin, checkpoint.tree_size, checkpoint.root_hash, signed.signed_note, line, now_s),
+            (
+                origin,
+                checkpoint.tree_size,
+                checkpoint.root_hash,
+                signed.signed_note,
+                line.removesuffix("\n"),
+                now_s,
+            ),
         )
         db.execute("COMMIT")
     except BaseException:
