@@ -100,7 +100,7 @@ def test_the_monitor_detects_the_fork(
         assert main([*argv, "--log", proxy.url]) == 10  # the state still trusts A: still a fork
     out = capsys.readouterr()
     assert "FORK DETECTED" in out.err
-    fork = [json.loads(line) for line in out.out.splitlines() if '"fork"' in line][0]
+    fork = next(json.loads(line) for line in out.out.splitlines() if '"fork"' in line)
     evidence = Path(fork["evidence"])
     assert evidence == state / "fork-400-450.evidence"
     old, new = verify_fork_evidence(
