@@ -53,6 +53,15 @@ def _submit(load: Load, url: str, batches: int) -> int:
     return max(a.index for a in load.acknowledged) + 1
 
 
+def _can_unshare_network() -> bool:
+    """Whether ``unshare -n`` works here (root, or user namespaces); else the fresh process
+    still has no server to talk to: both were stopped above."""
+    if shutil.which("unshare") is None:
+        return False
+    done = subprocess.run(["unshare", "-n", "true"], check=False, capture_output=True)
+    return done.returncode == 0
+
+
 @pytest.mark.slow
 def test_witness_and_log_restart_and_keep_cosigning(tmp_path: Path) -> None:
     port = free_port()
@@ -100,8 +109,7 @@ def test_witness_and_log_restart_and_keep_cosigning(tmp_path: Path) -> None:
     (tmp_path / "edge.vkey").write_text(format_vkey(EDGE_KEY.verifier()) + "\n")
     argv = [str(METERLOG), "verify", "bundle", "--key", log_vkey, "--edge-key",
             str(tmp_path / "edge.vkey"), *sorted(map(str, bundles.iterdir()))]  # fmt: skip
-    isolated = subprocess.run(["unshare", "-n", "true"], check=False, capture_output=True)
-    if shutil.which("unshare") and isolated.returncode == 0:
+    if _can_unshare_network():
         argv = ["unshare", "-n", *argv]
     done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
