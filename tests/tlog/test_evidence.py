@@ -40,10 +40,6 @@ def _signed(store: MemoryHashStore, size: int, key: SigningKey = LOG) -> bytes:
     )
 
 
-def _open(note: bytes) -> object:
-    return open_checkpoint(note, [LOG.verifier()])
-
-
 def test_consistent_checkpoints_pass() -> None:
     for old in (1, 7, 10, 16, 20):
         verify_checkpoints_consistent(
