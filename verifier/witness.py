@@ -274,7 +274,9 @@ def create_witness_app(
         answer = await asyncio.to_thread(
             add_checkpoint, holder["state"], key, logs, body, clock_s()
         )
-        return Response(answer.body, status_code=answer.status, media_type=answer.media_type)
+        # The media type exactly as given: tlog-witness clients compare text/x.tlog.size whole.
+        headers = {"Content-Type": answer.media_type}
+        return Response(answer.body, status_code=answer.status, headers=headers)
 
     async def get_checkpoint(request: Request) -> Response:
         wanted = request.path_params["origin_hash"]
