@@ -60,6 +60,8 @@ class Witnessing:
     policy: Policy
     clock_s: Callable[[], int]
     timeout_s: float = 10.0
+    transport: httpx.AsyncBaseTransport | None = None
+    """For tests: where requests go instead of the network."""
     known: dict[str, int] = field(default_factory=dict)
     """Per witness: the size it last cosigned, as far as this process knows."""
     submitted: dict[str, bytes] = field(default_factory=dict)
@@ -69,7 +71,7 @@ class Witnessing:
 
     def __post_init__(self) -> None:
         self._http = httpx.AsyncClient(
-            timeout=self.timeout_s, headers={"User-Agent": "meterlog-log"}
+            timeout=self.timeout_s, headers={"User-Agent": "meterlog-log"}, transport=self.transport
         )
 
     async def aclose(self) -> None:
