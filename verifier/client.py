@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 
@@ -101,12 +101,14 @@ class LogClient:
             limits=httpx.Limits(max_keepalive_connections=fetch_threads + 1),
         )
         self._pool = ThreadPoolExecutor(fetch_threads, thread_name_prefix="meterlog-fetch")
+        self._ahead = ThreadPoolExecutor(1, thread_name_prefix="meterlog-prefetch")
         self._memory: OrderedDict[Tile, bytes] = OrderedDict()
         self._pending: dict[Tile, bytes] = {}
         self.fetched = 0
         """Tiles and bundles fetched over HTTP (not from a cache), for reports and tests."""
 
     def close(self) -> None:
+        self._ahead.shutdown(wait=True)
         self._pool.shutdown(wait=True)
         self._http.close()
 
@@ -224,6 +226,10 @@ class LogClient:
             return [self._read(tiles[0])]
         return list(self._pool.map(self._read, tiles))
 
+    def prefetch(self, tiles: Sequence[Tile]) -> Future[list[bytes]]:
+        """:meth:`read_tiles` in the background; the future's result is its answer."""
+        return self._ahead.submit(self.read_tiles, tiles)
+
     def commit(self) -> None:
         """The tiles read since the last commit are authenticated: cache the full ones."""
         for tile, data in self._pending.items():
@@ -308,9 +314,17 @@ class VerifiedTree:
         if not 0 <= start <= end <= self.tree_size:
             raise MalformedError("range", f"[{start}, {end}) is not in a tree of {self.tree_size}")
         first, last = start // TILE_WIDTH, (end + TILE_WIDTH - 1) // TILE_WIDTH
-        for group in range(first, last, batch):
-            bundles = [self._bundle_tile(n) for n in range(group, min(group + batch, last))]
-            raws = self.client.read_tiles(bundles)
+        groups = [
+            [self._bundle_tile(n) for n in range(group, min(group + batch, last))]
+            for group in range(first, last, batch)
+        ]
+        # The next group's bundles are fetched while this one is checked.
+        ahead = self.client.prefetch(groups[0]) if groups else None
+        for number, bundles in enumerate(groups):
+            assert ahead is not None  # noqa: S101 -- set for every group
+            raws = ahead.result()
+            if number + 1 < len(groups):
+                ahead = self.client.prefetch(groups[number + 1])
             ranges = [(b.n * TILE_WIDTH, b.n * TILE_WIDTH + b.width) for b in bundles]
             wanted = [range_indexes(lo, hi) for lo, hi in ranges]
             flat = self.hashes([i for indexes in wanted for i in indexes])

@@ -33,11 +33,19 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tlog.checkpoint import SignedCheckpoint
-from tlog.entry import EdgeKey, Receipt, decode_entry, verify_edge_key, verify_receipt
+from tlog.entry import (
+    EdgeKey,
+    Receipt,
+    canonical_json,
+    decode_entry,
+    verify_edge_key,
+    verify_receipt,
+)
 from tlog.errors import InconsistentLogError, MalformedError, VerificationError
 from tlog.evidence import ForkEvidence, format_fork_evidence, verify_checkpoints_consistent
 from tlog.note import Verifier, parse_vkey
@@ -124,6 +132,18 @@ class Registry:
 
     def check(self, receipt: Receipt) -> tuple[str, str] | None:
         """Why the receipt is not validly signed as the registry stands: (kind, detail)."""
+        found = self.key_for(receipt)
+        if isinstance(found, tuple):
+            return found
+        try:
+            verify_receipt(receipt, found)
+        except (VerificationError, MalformedError) as exc:
+            return "bad signature", str(exc)
+        return None
+
+    def key_for(self, receipt: Receipt) -> Verifier | tuple[str, str]:
+        """The key the receipt must be signed by as the registry stands, or why there is
+        none: (kind, detail). The signature itself is not checked here."""
         window = self.keys.get((receipt.edge, receipt.key_id))
         who = f"{receipt.edge}+{receipt.key_id}"
         if window is None:
@@ -137,11 +157,7 @@ class Registry:
                 f"{who} was revoked or retired at {window.valid_until_ms} (entry "
                 f"{window.entry_index}), served at {served}",
             )
-        try:
-            verify_receipt(receipt, window.verifier)
-        except (VerificationError, MalformedError) as exc:
-            return "bad signature", str(exc)
-        return None
+        return window.verifier
 
     def to_json(self) -> list[dict[str, object]]:
         return [
@@ -222,6 +238,50 @@ def _write_atomic(path: Path, data: bytes) -> None:
         out.flush()
         os.fsync(out.fileno())
     partial.replace(path)
+
+
+class _Signatures:
+    """Receipt signatures waiting to be checked, a batch at a time, on several threads.
+
+    The registry replay must run in index order, but each signature check only needs the
+    key the registry named at that index: Ed25519 verification (libsodium, which releases
+    the GIL) runs on ``_THREADS`` threads while the next entries are decoded.
+    """
+
+    def __init__(self) -> None:
+        self.items: list[tuple[int, Verifier, bytes, bytes]] = []
+        self.found: list[Problem] = []
+        """Problems found while replaying, held until the batch is flushed."""
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, index: int, receipt: Receipt, key: Verifier) -> None:
+        message = canonical_json(receipt.signed_fields())
+        self.items.append((index, key, message, receipt.signature))
+
+    def verify(self) -> list[Problem]:
+        items, self.items = self.items, []
+        if not items:
+            return []
+        size = max(1, -(-len(items) // _THREADS))
+        chunks = [items[i : i + size] for i in range(0, len(items), size)]
+        return [p for found in _POOL.map(_verify_chunk, chunks) for p in found]
+
+
+def _verify_chunk(items: Sequence[tuple[int, Verifier, bytes, bytes]]) -> list[Problem]:
+    problems = []
+    for index, key, message, signature in items:
+        try:
+            key.verify_message(message, signature)
+        except VerificationError as exc:
+            problems.append(Problem(index, "bad signature", str(exc)))
+    return problems
+
+
+_THREADS = 2
+_SIGNATURE_BATCH = 2048
+_POOL = ThreadPoolExecutor(_THREADS, thread_name_prefix="meterlog-verify")
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,23 +401,36 @@ class Monitor:
         state = self.state
         start, end = state.next_index, tree.tree_size
         problems: list[Problem] = []
+        batch = _Signatures()
         began = last_report = last_save = time.monotonic()
-        for index, data in tree.entries(start, end):
-            problem = self._check_entry(index, data)
-            if problem is not None:
+
+        def flush(up_to: int) -> None:
+            """Check the batched signatures, then record the batch's problems in index
+            order; only then may ``next_index`` move past them."""
+            for problem in sorted([*batch.found, *batch.verify()], key=lambda p: p.index):
                 problems.append(problem)
                 self._record(problem)
-            state.next_index = index + 1
-            state.entries_checked += 1
+            batch.found.clear()
+            state.entries_checked += up_to - state.next_index
+            state.next_index = up_to
+
+        for index, data in tree.entries(start, end):
+            problem = self._check_entry(index, data, batch)
+            if problem is not None:
+                batch.found.append(problem)
             if index & 0xFF == 0xFF:
+                if len(batch) >= _SIGNATURE_BATCH:
+                    flush(index + 1)
                 now = time.monotonic()
                 if now - last_save >= _SAVE_EVERY_S:
+                    flush(index + 1)
                     state.save(self.state_dir)
                     last_save = now
                 if self.on_progress is not None and now - last_report >= self.progress_interval_s:
                     done = index + 1 - start
                     self.on_progress(Progress(done, end - start, done / (now - began)))
                     last_report = now
+        flush(end)
         state.save(self.state_dir)
         if self.on_progress is not None and end > start:
             elapsed = max(time.monotonic() - began, 1e-9)
@@ -371,15 +444,19 @@ class Monitor:
         if self.on_problem is not None:
             self.on_problem(problem)
 
-    def _check_entry(self, index: int, data: bytes) -> Problem | None:
+    def _check_entry(self, index: int, data: bytes, batch: _Signatures) -> Problem | None:
+        """Replay one entry; a receipt whose key is valid joins ``batch`` for its signature."""
         try:
             entry = decode_entry(data)
         except MalformedError as exc:
             return Problem(index, "malformed entry", str(exc))
         registry = self.state.registry
         if isinstance(entry, Receipt):
-            found = registry.check(entry)
-            return None if found is None else Problem(index, *found)
+            found = registry.key_for(entry)
+            if isinstance(found, tuple):
+                return Problem(index, *found)
+            batch.add(index, entry, found)
+            return None
         if isinstance(entry, EdgeKey):
             if self.operator_keys:
                 key = self.operator_keys.get(entry.operator_key_id)
