@@ -37,9 +37,8 @@ from dataclasses import dataclass
 
 from tlog.checkpoint import SignedCheckpoint, open_checkpoint
 from tlog.errors import InconsistentLogError, MalformedError, ProofError, VerificationError
-from tlog.hashing import HASH_SIZE
 from tlog.note import MAX_NOTE_SIZE, Verifier
-from tlog.parsing import decode_b64, encode_b64, parse_decimal
+from tlog.parsing import check_hashes, encode_b64, parse_decimal, parse_hash_lines, split_head
 from tlog.proofs import MAX_CONSISTENCY_PROOF_LENGTH, verify_consistency
 
 __all__ = [
@@ -66,11 +65,7 @@ class ForkEvidence:
         for name, note in (("old", self.old_checkpoint), ("new", self.new_checkpoint)):
             if not note or len(note) > MAX_NOTE_SIZE:
                 raise MalformedError(name, f"empty or over {MAX_NOTE_SIZE} bytes")
-        if len(self.proof) > MAX_CONSISTENCY_PROOF_LENGTH:
-            raise MalformedError("proof", f"more than {MAX_CONSISTENCY_PROOF_LENGTH} hashes")
-        for h in self.proof:
-            if len(h) != HASH_SIZE:
-                raise MalformedError("proof", f"a hash is not {HASH_SIZE} bytes")
+        check_hashes(self.proof, "proof", MAX_CONSISTENCY_PROOF_LENGTH)
 
     @classmethod
     def from_error(cls, error: InconsistentLogError) -> ForkEvidence:
@@ -107,19 +102,11 @@ def _framed(data: bytes, at: int, label: str) -> tuple[bytes, int]:
 def parse_fork_evidence(data: bytes) -> ForkEvidence:
     """Parse an evidence file strictly: header, proof lines, blank line, both framed notes,
     and nothing after them."""
-    head, sep, _ = data.partition(b"\n\n")
-    if not sep:
-        raise MalformedError("evidence", "no blank line after the proof")
-    try:
-        lines = head.decode("ascii").split("\n")
-    except UnicodeDecodeError as exc:
-        raise MalformedError("evidence", "the header and proof are not ASCII") from exc
+    lines, rest = split_head(data, "evidence")
     if lines[0] != HEADER:
         raise MalformedError("evidence.header", f"first line is not {HEADER}")
-    if len(lines) - 1 > MAX_CONSISTENCY_PROOF_LENGTH:
-        raise MalformedError("proof", f"more than {MAX_CONSISTENCY_PROOF_LENGTH} hashes")
-    proof = tuple(decode_b64(line, f"proof[{i}]") for i, line in enumerate(lines[1:]))
-    old, at = _framed(data, len(head) + 2, "old")
+    proof = parse_hash_lines(lines[1:], "proof", MAX_CONSISTENCY_PROOF_LENGTH)
+    old, at = _framed(data, len(data) - len(rest), "old")
     new, at = _framed(data, at, "new")
     if at != len(data):
         raise MalformedError("evidence", "trailing data after the new checkpoint")

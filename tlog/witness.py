@@ -33,9 +33,15 @@ from dataclasses import dataclass
 from hashlib import sha256
 
 from tlog.errors import MalformedError
-from tlog.hashing import HASH_SIZE
 from tlog.note import MAX_NOTE_SIZE, MAX_SIGNATURES
-from tlog.parsing import decode_b64, encode_b64, parse_decimal
+from tlog.parsing import (
+    check_hashes,
+    decode_b64,
+    encode_b64,
+    parse_decimal,
+    parse_hash_lines,
+    split_head,
+)
 from tlog.proofs import MAX_CONSISTENCY_PROOF_LENGTH
 
 __all__ = [
@@ -72,11 +78,7 @@ class AddCheckpoint:
         old = self.old_size
         if isinstance(old, bool) or not isinstance(old, int) or not 0 <= old < 1 << 63:
             raise MalformedError("old", f"{old!r} is not an integer in 0..2**63-1")
-        if len(self.proof) > MAX_CONSISTENCY_PROOF_LENGTH:
-            raise MalformedError("proof", f"more than {MAX_CONSISTENCY_PROOF_LENGTH} hashes")
-        for h in self.proof:
-            if len(h) != HASH_SIZE:
-                raise MalformedError("proof", f"a hash is not {HASH_SIZE} bytes")
+        check_hashes(self.proof, "proof", MAX_CONSISTENCY_PROOF_LENGTH)
         if not self.checkpoint:
             raise MalformedError("checkpoint", "missing")
 
@@ -91,20 +93,11 @@ def parse_add_checkpoint(body: bytes) -> AddCheckpoint:
     the blank line, and a non-empty checkpoint. MalformedError names the part that is wrong."""
     if len(body) > MAX_REQUEST_SIZE:
         raise MalformedError("body", f"larger than {MAX_REQUEST_SIZE} bytes")
-    head, sep, checkpoint = body.partition(b"\n\n")
-    if not sep:
-        raise MalformedError("body", "no blank line before the checkpoint")
-    try:
-        lines = head.decode("ascii").split("\n")
-    except UnicodeDecodeError as exc:
-        raise MalformedError("body", "the old-size and proof lines are not ASCII") from exc
+    lines, checkpoint = split_head(body, "body")
     if not lines[0].startswith("old "):
         raise MalformedError("old", "the first line is not 'old <size>'")
     old_size = parse_decimal(lines[0][len("old ") :], "old")
-    proof_lines = lines[1:]
-    if len(proof_lines) > MAX_CONSISTENCY_PROOF_LENGTH:
-        raise MalformedError("proof", f"more than {MAX_CONSISTENCY_PROOF_LENGTH} hashes")
-    proof = tuple(decode_b64(line, f"proof[{i}]") for i, line in enumerate(proof_lines))
+    proof = parse_hash_lines(lines[1:], "proof", MAX_CONSISTENCY_PROOF_LENGTH)
     return AddCheckpoint(old_size, proof, checkpoint)
 
 

@@ -34,9 +34,10 @@ import httpx
 
 from log_server.sequencer import LogIdentity, sequence
 from log_server.storage import EntryRecord, Storage, StoredCheckpoint
+from tests.log_server.conftest import make_edge_key
 from tests.log_server.server_process import METERLOG, ServerProcess, running_server
 from tlog.checkpoint import Checkpoint, sign_checkpoint
-from tlog.entry import EdgeKey, Entry, Receipt, encode_entry, sign_edge_key, sign_receipt
+from tlog.entry import EdgeKey, Entry, Receipt, encode_entry, sign_receipt
 from tlog.hashing import leaf_hash
 from tlog.merkle import append_hashes, root_hash, stored_hash_count
 from tlog.note import SigningKey, format_skey, format_vkey
@@ -80,17 +81,11 @@ def registration(
     valid_until_ms: int | None = None,
     replaces: SigningKey | None = None,
 ) -> EdgeKey:
-    return sign_edge_key(
-        EdgeKey(
-            action=action,
-            edge=key.name,
-            key=format_vkey(key.verifier()),
-            valid_from_ms=valid_from_ms,
-            valid_until_ms=valid_until_ms,
-            replaces=None if replaces is None else f"{replaces.verifier().key_id:08x}",
-        ),
-        OPERATOR_KEY,
-    )
+    """An edge_key statement about ``key``, signed by this log's operator."""
+    return make_edge_key(
+        key, action=action, valid_from_ms=valid_from_ms, valid_until_ms=valid_until_ms,
+        replaces=replaces, operator=OPERATOR_KEY,
+    )  # fmt: skip
 
 
 def receipt(
