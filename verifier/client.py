@@ -15,8 +15,9 @@ checkpoint needs (a :class:`~tlog.errors.VerificationError`, exit 1).
 
 Cache. Full tiles and full entry bundles never change, so once authenticated they are
 written under ``cache_dir`` at their tile path and never fetched again; partial ones are
-always fetched. A tile fetched but not yet authenticated is kept in memory only, and written
-to disk only when the read that needed it has verified (:meth:`VerifiedTree.hashes`).
+kept in memory for the life of the client only. A tile fetched but not yet authenticated is
+held aside, and cached only when the read that needed it has verified
+(:meth:`VerifiedTree.hashes`).
 
 Partial-tile fallback (tlog-tiles): a log may delete a partial tile once the full tile
 exists. When a partial tile (or bundle) is not found, the client fetches the full one and
@@ -207,6 +208,8 @@ class LogClient:
             data = self._cached(full)
         if data is not None:
             return data if not tile.is_partial else _prefix(tile, data)
+        if tile.is_partial and (data := self._memory.get(tile)) is not None:
+            return data  # this process authenticated it before
         data = self._fetch(tile)
         if data is None and tile.is_partial:
             # tlog-tiles: the partial tile may be gone once the full one exists. Only its
@@ -216,7 +219,7 @@ class LogClient:
                 return _prefix(tile, data)
         if data is None:
             raise MissingTileError(f"the log does not serve {tile.path()}")
-        if not tile.is_partial and tile.level != ENTRIES:
+        if tile.level != ENTRIES:
             self._pending[tile] = data  # cached once the read that needs it verifies
         return data
 
@@ -231,11 +234,14 @@ class LogClient:
         return self._ahead.submit(self.read_tiles, tiles)
 
     def commit(self) -> None:
-        """The tiles read since the last commit are authenticated: cache the full ones."""
+        """The tiles read since the last commit are authenticated: keep them in memory, and
+        the full ones on disk too. (A partial tile of a given width is as fixed as a full one
+        in a log that does not fork; it is kept for this process only, and re-authenticated
+        at each use like every tile, so a fork is still seen.)"""
         for tile, data in self._pending.items():
             self._remember(tile, data)
             path = self._cache_path(tile)
-            if path is not None and not path.exists():
+            if path is not None and not tile.is_partial and not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
                 partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
                 partial.write_bytes(data)

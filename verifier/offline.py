@@ -39,6 +39,8 @@ class TrustPolicy:
     quorum: int = 0
     origin: str | None = None
     policy: Policy | None = None
+    relaxed: bool = False
+    """Made by :meth:`without_quorum`: the quorum is checked on a later checkpoint instead."""
 
     @property
     def effective(self) -> Policy:
@@ -46,6 +48,16 @@ class TrustPolicy:
         if self.policy is not None:
             return self.policy
         return policy_of(self.log_keys, self.witnesses, self.quorum)
+
+    def without_quorum(self) -> TrustPolicy:
+        """The same keys with no witness quorum: for a checkpoint that is then proven
+        consistent with a newer one that meets the quorum (a past checkpoint of the log's
+        history, or the one inside a bundle the log answered a submission with)."""
+        rules = self.effective
+        relaxed = Policy(rules.logs, rules.witnesses, rules.groups, None)
+        return TrustPolicy(
+            origin=self.origin, policy=relaxed, relaxed=self.effective.quorum is not None
+        )
 
     def open(self, note: bytes) -> SignedCheckpoint:
         """Verify a signed checkpoint under this policy (raises VerificationError)."""
@@ -130,6 +142,8 @@ def open_step(report: Report, note: bytes, policy: TrustPolicy) -> SignedCheckpo
             f"{len(signed.witnesses)} of {len(rules.witnesses)} witnesses cosigned "
             f"(policy needs {rules.describe_quorum()})",
         )
+    elif policy.relaxed:
+        report.skipped("witness quorum", "not required here: proven a prefix of one that has it")
     else:
         report.skipped("witness quorum", "no witness policy given")
     _checkpoint_facts(report, signed)

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cli.main import main
 from tests.log_server.server_process import METERLOG, Load, register_edge, start_server
 from tests.verifier.logs import (
     EDGE_KEY,
@@ -51,6 +52,19 @@ def _submit(load: Load, url: str, batches: int) -> int:
     load.replay(url, [load.next_batch() for _ in range(batches)])
     assert not load.problems, load.problems
     return max(a.index for a in load.acknowledged) + 1
+
+
+def _verify_under_the_policy(url: str, tmp_path: Path, old_size: int) -> None:
+    """The client commands with the witnessed policy: the latest checkpoint must meet the
+    quorum; older ones (and the ones inside submission bundles) are proven consistent with it."""
+    policy = str(tmp_path / "verify.policy")
+    common = ["--log", url, "--policy", policy, "--no-cache"]
+    assert main(["verify", "consistency", *common, str(old_size), "latest"]) == 0
+    out = tmp_path / "mine"
+    assert main(["receipts", "get", *common, "--consumer", "consumer-0", "--out", str(out)]) == 0
+    kept = sorted(out.glob("*.tlog-proof"))
+    assert kept
+    assert main(["verify", "bundle", "--policy", policy, *map(str, kept)]) == 0
 
 
 def _can_unshare_network() -> bool:
@@ -96,6 +110,7 @@ def test_witness_and_log_restart_and_keep_cosigning(tmp_path: Path) -> None:
         size = _submit(load, log.url, 2)
         third = _cosigned_at_least(log.url, size, verifying)
         assert third.checkpoint.tree_size > second.checkpoint.tree_size
+        _verify_under_the_policy(log.url, tmp_path, first.checkpoint.tree_size)
     finally:
         log.stop()
         witness.stop()
