@@ -149,7 +149,7 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_monitor(url: str, state: Path, out: Report) -> tuple[float, str]:
+def run_monitor(url: str, state: Path) -> tuple[float, str]:
     meterlog = Path(sys.executable).with_name("meterlog")
     argv = [str(meterlog), "verify", "monitor", "--log", url, "--state", str(state), "--full",
             "--once", "--key", format_vkey(LOG_KEY.verifier())]  # fmt: skip
@@ -209,8 +209,8 @@ def bundle_floor(bundles: Sequence[bytes]) -> float:
     return time.perf_counter() - start
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--entries", type=int, default=1_000_000, help="receipts in the log")
     parser.add_argument("--batch", type=int, default=10_000, help="entries per sequencing")
     parser.add_argument("--floor-entries", type=int, default=100_000)
@@ -221,20 +221,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--keep", type=Path, help="build the log here and keep it (reused)")
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    out = Report(args.json)
+    return parser.parse_args(argv)
 
+
+def load() -> str:
+    return f"load average {os.getloadavg()[0]:.2f}"
+
+
+def audit(
+    data_dir: Path, workdir: Path, bundles: int, out: Report
+) -> tuple[int, float, list[bytes]]:
+    """Serve the log, run the monitor over it, fetch bundles: (tree size, seconds, bundles)."""
+    process, url = serve(data_dir, workdir / "server.log")
+    try:
+        size: int = httpx.get(f"{url}/healthz", timeout=30).json()["tree_size"]
+        out.note(f"server at {url}, tree size {size:,}; {load()}")
+        server_cpu = cpu_s(process.pid)
+        wall, stderr = run_monitor(url, workdir / "state")
+        server_cpu = cpu_s(process.pid) - server_cpu
+        cores = server_cpu / wall
+        out.note(
+            f"monitor: {size:,} entries in {wall:.1f} s; server used {cores:.2f} cores; {load()}"
+        )
+        for line in [line for line in stderr.splitlines() if "entries/s" in line][-3:]:
+            out.note("  " + line.strip())
+        fetched = fetch_bundles(url, bundles)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    state = json.loads((workdir / "state" / "state.json").read_text())
+    if state["next_index"] != size or state["problems"]:
+        raise BenchError(f"the monitor did not audit everything cleanly: {state['next_index']}")
+    return size, wall, fetched
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = Report(args.json)
     started = time.perf_counter()
     path = receipts_file(args.cache_dir, args.entries, EDGES, week_start_ms())
-    out.note(
-        f"receipts: {args.entries:,} signed, from {path} ({time.perf_counter() - started:.0f} s)"
-    )
+    seconds = time.perf_counter() - started
+    out.note(f"receipts: {args.entries:,} signed, from {path} ({seconds:.0f} s)")
     items = floor_items(path, min(args.floor_entries, args.entries))
     floor_s = min(time_floor(items) for _ in range(args.repeat))
     floor_rate = len(items) / floor_s
-    out.note(f"floor: {len(items):,} entries hashed and signatures verified in {floor_s:.2f} s "
-             f"(fastest of {args.repeat}), load average {os.getloadavg()[0]:.2f}")  # fmt: skip
-
+    out.note(
+        f"floor: {len(items):,} entries hashed and signatures verified in {floor_s:.2f} s "
+        f"(fastest of {args.repeat}), {load()}"
+    )
     workdir = Path(tempfile.mkdtemp(prefix="meterlog-verify-"))
     data_dir = (args.keep or workdir) / "data"
     try:
@@ -242,39 +276,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             started = time.perf_counter()
             build(data_dir, path, args.entries, args.batch, out)
             out.note(f"log built in {time.perf_counter() - started:.0f} s: {data_dir}")
-        process, url = serve(data_dir, workdir / "server.log")
-        try:
-            size = httpx.get(f"{url}/healthz", timeout=30).json()["tree_size"]
-            out.note(f"server at {url}, tree size {size:,}; load average {os.getloadavg()[0]:.2f}")
-            server_cpu = cpu_s(process.pid)
-            wall, stderr = run_monitor(url, workdir / "state", out)
-            server_cpu = cpu_s(process.pid) - server_cpu
-            progress = [line for line in stderr.splitlines() if "entries/s" in line]
-            out.note(f"monitor: {size:,} entries in {wall:.1f} s; server used "
-                     f"{server_cpu / wall:.2f} cores; load average {os.getloadavg()[0]:.2f}")  # fmt: skip
-            for line in progress[-3:]:
-                out.note("  " + line.strip())
-            bundles = fetch_bundles(url, args.bundles)
-        finally:
-            process.terminate()
-            process.wait(timeout=60)
-        state = json.loads((workdir / "state" / "state.json").read_text())
-        if state["next_index"] != size or state["problems"]:
-            raise BenchError(f"the monitor did not audit everything cleanly: {state['next_index']}")
-        rate = size / wall
-        out.metric("monitor_full_entries_per_s", round(rate), "entries/s",
-                   floor=round(floor_rate), ratio=round(floor_rate / rate, 2),
-                   line=f"monitor --full: {rate:,.0f} entries/s (floor {floor_rate:,.0f}/s; "
-                   f"ratio {floor_rate / rate:.2f}, our time / floor time; target <= 2)")  # fmt: skip
-        bundle_s = min(time_bundles(bundles) for _ in range(args.repeat))
-        bundle_floor_s = min(bundle_floor(bundles) for _ in range(args.repeat))
-        brate, bfloor = len(bundles) / bundle_s, len(bundles) / bundle_floor_s
-        out.metric("offline_bundles_per_s", round(brate), "bundles/s", floor=round(bfloor),
-                   ratio=round(bfloor / brate, 2),
-                   line=f"offline bundles: {brate:,.0f} verified/s over {len(bundles):,} (floor "
-                   f"{bfloor:,.0f}/s: two bare signature checks each; ratio {bfloor / brate:.2f})")  # fmt: skip
+        size, wall, bundles = audit(data_dir, workdir, args.bundles, out)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    rate = size / wall
+    ratio = floor_rate / rate
+    out.metric(
+        "monitor_full_entries_per_s",
+        round(rate),
+        "entries/s",
+        floor=round(floor_rate),
+        ratio=round(ratio, 2),
+        line=f"monitor --full: {rate:,.0f} entries/s (floor {floor_rate:,.0f}/s; ratio "
+        f"{ratio:.2f}, our time / floor time; target <= 2)",
+    )
+    bundle_s = min(time_bundles(bundles) for _ in range(args.repeat))
+    bundle_floor_s = min(bundle_floor(bundles) for _ in range(args.repeat))
+    brate, bfloor = len(bundles) / bundle_s, len(bundles) / bundle_floor_s
+    out.metric(
+        "offline_bundles_per_s",
+        round(brate),
+        "bundles/s",
+        floor=round(bfloor),
+        ratio=round(bfloor / brate, 2),
+        line=f"offline bundles: {brate:,.0f} verified/s over {len(bundles):,} (floor "
+        f"{bfloor:,.0f}/s: two bare signature checks each; ratio {bfloor / brate:.2f})",
+    )
     return 0
 
 
