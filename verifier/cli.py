@@ -1,8 +1,11 @@
 """The ``meterlog verify ...`` commands: argument parsing and output for the verifier.
 
-Owns the verifier's command-line surface and its exit codes; the checks themselves are in
-:mod:`verifier.offline`. Human-readable lines go to stderr; with ``--json``, one JSON object
-per checked file goes to stdout. Imports tlog and verifier only.
+Owns the verifier's command-line surface and its exit codes: ``verify checkpoint|bundle``
+(offline), ``verify inclusion|consistency|monitor`` (online, proofs from tiles), ``verify
+evidence``, and ``receipts get``. The checks themselves are in :mod:`verifier.offline`,
+:mod:`verifier.online` and :mod:`verifier.monitor`. Human-readable lines go to stderr; with
+``--json``, one JSON object per checked file (or step) goes to stdout. Imports tlog and
+verifier only.
 
 Exit codes (every verifier command):
 
@@ -278,6 +281,8 @@ def _run_inclusion(args: argparse.Namespace) -> int:
     policy = _policy(args)
     if (args.request_id is None) != (args.edge is None):
         raise UsageError("--request-id and --edge go together")
+    if args.index is not None and args.index < 0:
+        raise UsageError(f"--index {args.index}: an index is 0 or more")
     given = [args.index is not None, args.bundle is not None, args.request_id is not None]
     if sum(given) != 1:
         raise UsageError("give exactly one of --index, --bundle, or --request-id with --edge")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from tlog.bundle import ProofBundle, format_bundle, parse_bundle
 from tlog.checkpoint import SignedCheckpoint
@@ -88,7 +89,7 @@ def _latest(client: LogClient, policy: TrustPolicy, report: Report) -> SignedChe
 
 
 def _find_index(client: LogClient, edge: str, request_id: str) -> int:
-    answer = client.get_json(f"v1/receipts/{edge}/{request_id}")
+    answer = client.get_json(f"v1/receipts/{quote(edge, safe='')}/{quote(request_id, safe='')}")
     index = answer.get("index")
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
         raise VerificationError(f"the log's answer names no index: {str(answer)[:200]}")

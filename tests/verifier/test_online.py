@@ -95,6 +95,7 @@ def test_inclusion_usage_errors(healthy_log: ServedLog, capsys: pytest.CaptureFi
     key = str(healthy_log.vkey_file)
     base = ["verify", "inclusion", "--log", healthy_log.url, "--key", key, "--no-cache"]
     assert main([*base]) == 2
+    assert main([*base, "--index", "-1"]) == 2
     assert main([*base, "--index", "1", "--edge", "edge-1", "--request-id", "r"]) == 2
     assert main([*base, "--edge", "edge-1"]) == 2
     assert main(["verify", "inclusion", "--log", "ftp://x", "--key", key, "--index", "1"]) == 2
