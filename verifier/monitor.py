@@ -33,7 +33,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -240,18 +240,31 @@ def _write_atomic(path: Path, data: bytes) -> None:
     partial.replace(path)
 
 
+@dataclass
+class _InFlight:
+    """A dispatched batch: its signature checks running, its other problems, and the index
+    the audit reaches once it is settled."""
+
+    checks: list[Future[list[Problem]]]
+    found: list[Problem]
+    up_to: int
+
+
 class _Signatures:
-    """Receipt signatures waiting to be checked, a batch at a time, on several threads.
+    """Receipt signatures waiting to be checked, a batch at a time, on other threads.
 
     The registry replay must run in index order, but each signature check only needs the
-    key the registry named at that index: Ed25519 verification (libsodium, which releases
-    the GIL) runs on ``_THREADS`` threads while the next entries are decoded.
+    key the registry named at that index. So a batch is dispatched to ``_THREADS`` threads
+    (Ed25519 in libsodium releases the GIL) and checked while the main thread decodes the
+    next batch; a batch's problems are recorded, and ``next_index`` moves past it, only once
+    it is settled.
     """
 
     def __init__(self) -> None:
         self.items: list[tuple[int, Verifier, bytes, bytes]] = []
         self.found: list[Problem] = []
-        """Problems found while replaying, held until the batch is flushed."""
+        """Problems found while replaying the batch being built."""
+        self.in_flight: _InFlight | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -260,13 +273,24 @@ class _Signatures:
         message = canonical_json(receipt.signed_fields())
         self.items.append((index, key, message, receipt.signature))
 
-    def verify(self) -> list[Problem]:
+    def dispatch(self, up_to: int) -> None:
+        """Start checking the batch built so far (entries below ``up_to``)."""
+        assert self.in_flight is None  # noqa: S101 -- settle() first
         items, self.items = self.items, []
-        if not items:
-            return []
         size = max(1, -(-len(items) // _THREADS))
-        chunks = [items[i : i + size] for i in range(0, len(items), size)]
-        return [p for found in _POOL.map(_verify_chunk, chunks) for p in found]
+        checks = [
+            _POOL.submit(_verify_chunk, items[i : i + size]) for i in range(0, len(items), size)
+        ]
+        self.in_flight = _InFlight(checks, self.found, up_to)
+        self.found = []
+
+    def settle(self) -> tuple[list[Problem], int] | None:
+        """Wait for the dispatched batch: its problems in index order, and its ``up_to``."""
+        flight, self.in_flight = self.in_flight, None
+        if flight is None:
+            return None
+        found = [*flight.found, *(p for check in flight.checks for p in check.result())]
+        return sorted(found, key=lambda p: p.index), flight.up_to
 
 
 def _verify_chunk(items: Sequence[tuple[int, Verifier, bytes, bytes]]) -> list[Problem]:
@@ -407,15 +431,25 @@ class Monitor:
         batch = _Signatures()
         began = last_report = last_save = time.monotonic()
 
-        def flush(up_to: int) -> None:
-            """Check the batched signatures, then record the batch's problems in index
-            order; only then may ``next_index`` move past them."""
-            for problem in sorted([*batch.found, *batch.verify()], key=lambda p: p.index):
+        def settle() -> None:
+            """Record the dispatched batch's problems; only then may ``next_index`` move
+            past it."""
+            settled = batch.settle()
+            if settled is None:
+                return
+            found, up_to = settled
+            for problem in found:
                 problems.append(problem)
                 self._record(problem)
-            batch.found.clear()
             state.entries_checked += up_to - state.next_index
             state.next_index = up_to
+
+        def sync(up_to: int) -> None:
+            """Everything below ``up_to`` checked and recorded: the state may be saved (the
+            replayed registry is exactly as it stands at ``next_index``)."""
+            settle()
+            batch.dispatch(up_to)
+            settle()
 
         for index, data in tree.entries(start, end):
             problem = self._check_entry(index, data, batch)
@@ -423,17 +457,18 @@ class Monitor:
                 batch.found.append(problem)
             if index & 0xFF == 0xFF:
                 if len(batch) >= _SIGNATURE_BATCH:
-                    flush(index + 1)
+                    settle()  # the batch before this one
+                    batch.dispatch(index + 1)
                 now = time.monotonic()
                 if now - last_save >= _SAVE_EVERY_S:
-                    flush(index + 1)
+                    sync(index + 1)
                     state.save(self.state_dir)
                     last_save = now
                 if self.on_progress is not None and now - last_report >= self.progress_interval_s:
                     done = index + 1 - start
                     self.on_progress(Progress(done, end - start, done / (now - began)))
                     last_report = now
-        flush(end)
+        sync(end)
         state.save(self.state_dir)
         if self.on_progress is not None and end > start:
             elapsed = max(time.monotonic() - began, 1e-9)

@@ -208,7 +208,7 @@ def test_polling_mode_follows_the_log(tmp_path: Path) -> None:
                 if size == 61:
                     append_unchecked(storage, [receipt(i) for i in range(10, 60)])
                 deadline = time.monotonic() + 20
-                while not _audited(state, size):
+                while not (_audited(state, size) and _said(tmp_path / "monitor.log", size)):
                     assert process.poll() is None, (tmp_path / "monitor.log").read_text()
                     assert time.monotonic() < deadline, f"not audited up to {size}"
                     time.sleep(0.05)
@@ -217,6 +217,12 @@ def test_polling_mode_follows_the_log(tmp_path: Path) -> None:
             process.wait(timeout=10)
     storage.close()
     assert "consistent: 11 -> 61; 50 entries checked" in (tmp_path / "monitor.log").read_text()
+
+
+def _said(log: Path, size: int) -> bool:
+    """The monitor reported the step to ``size`` (it prints after saving its state)."""
+    text = log.read_text(encoding="utf-8", errors="replace")
+    return f"size {size} (trusted" in text or f"-> {size};" in text
 
 
 def _audited(state: Path, size: int) -> bool:
