@@ -71,8 +71,10 @@ COMMANDS: dict[str, list[str]] = {
 NOT_READ = {("modified entry bundle", "consistency")}
 
 
-@pytest.mark.parametrize("command", sorted(COMMANDS))
-@pytest.mark.parametrize("fault", sorted(FAULTS))
+@pytest.mark.parametrize(
+    ("fault", "command"),
+    [(f, c) for f in sorted(FAULTS) for c in sorted(COMMANDS) if (f, c) not in NOT_READ],
+)
 def test_every_command_catches_the_lie(
     healthy_log: ServedLog,
     tmp_path: Path,
@@ -80,8 +82,6 @@ def test_every_command_catches_the_lie(
     fault: str,
     command: str,
 ) -> None:
-    if (fault, command) in NOT_READ:
-        pytest.skip("this command does not read what this fault changes")
     argv = [*COMMANDS[command], "--key", str(healthy_log.vkey_file), "--json"]
     argv += ["--evidence-dir", str(tmp_path)]
     if command == "monitor --full":
