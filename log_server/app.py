@@ -40,6 +40,7 @@ from log_server.sequencer import (
 )
 from log_server.signatures import SignatureChecker, SignedItem
 from log_server.storage import EdgeKeyRecord, Storage, StoredCheckpoint
+from log_server.witnesses import Witnessing
 from tlog.bundle import ProofBundle, format_bundle
 from tlog.entry import (
     EdgeKey,
@@ -51,6 +52,7 @@ from tlog.entry import (
 )
 from tlog.errors import MalformedError
 from tlog.parsing import MAX_INT63, decode_b64, encode_b64, parse_decimal
+from tlog.policy import parse_policy
 from tlog.proofs import consistency_proof, inclusion_proof, inclusion_proofs
 from tlog.tiles import (
     ENTRIES,
@@ -71,6 +73,10 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _now_s() -> int:
+    return time.time_ns() // 1_000_000_000
+
+
 @dataclass
 class _State:
     config: Config
@@ -86,6 +92,7 @@ class _State:
     in_flight: int = 0
     """Receipts of submissions between arrival and answer (checked, pooled or answered):
     kept at most ``max_pending``, so the work queued in the server is bounded too."""
+    witnessing: Witnessing | None = None
 
 
 _T = TypeVar("_T")
@@ -350,11 +357,19 @@ async def admin_edge_key(request: Request) -> Response:
 
 
 async def get_checkpoint(request: Request) -> Response:
-    latest = await asyncio.to_thread(_state(request).storage.latest_checkpoint)
-    if latest is None:
-        raise HTTPException(503, "the log has not signed a checkpoint yet")
+    state = _state(request)
+    if state.witnessing is not None:
+        # With witnesses: their cosignatures merged in, and the quorum's checkpoint only.
+        note = await asyncio.to_thread(state.witnessing.served)
+        if note is None:
+            raise HTTPException(503, "no checkpoint has the witness quorum yet")
+    else:
+        latest = await asyncio.to_thread(state.storage.latest_checkpoint)
+        if latest is None:
+            raise HTTPException(503, "the log has not signed a checkpoint yet")
+        note = latest.note
     return Response(
-        latest.note,
+        note,
         media_type="text/plain; charset=utf-8",
         headers={"Cache-Control": _SHORT},
     )
@@ -516,6 +531,15 @@ async def get_checkpoints(request: Request) -> Response:
     )
 
 
+async def get_checkpoint_at(request: Request) -> Response:
+    """The latest signed checkpoint of exactly one tree size (a past one, for verifiers)."""
+    tree_size = parse_decimal(request.path_params["tree_size"], "tree_size")
+    found = await asyncio.to_thread(_state(request).storage.checkpoint_at, tree_size)
+    if found is None:
+        raise HTTPException(404, f"no checkpoint of size {tree_size}")
+    return Response(found.note, media_type="text/plain; charset=utf-8")
+
+
 async def get_edge_keys(request: Request) -> Response:
     records = await asyncio.to_thread(_state(request).storage.edge_keys)
     return _JSON(
@@ -602,10 +626,21 @@ def create_app(config: Config) -> Starlette:
         )
         work = ThreadPoolExecutor(1, thread_name_prefix="meterlog-work")
         signatures = SignatureChecker(config.verify_processes, work)
-        app.state.log = _State(config, storage, pool, keys, metrics, work, signatures)
+        witnessing = None
+        if config.witness_policy is not None:
+            policy = parse_policy(config.witness_policy.read_text(encoding="utf-8"))
+            witnessing = Witnessing(storage, policy, _now_s, config.witness_timeout_s)
+        app.state.log = _State(
+            config, storage, pool, keys, metrics, work, signatures, witnessing=witnessing
+        )
         scheduler = AsyncIOScheduler()
         scheduler.add_job(pool.seal, "interval", seconds=config.pool_interval_s, max_instances=1)
         scheduler.add_job(pool.resign, "interval", seconds=config.checkpoint_interval_s)
+        if witnessing is not None:
+            scheduler.add_job(
+                witnessing.submit_latest, "interval", seconds=config.witness_interval_s,
+                max_instances=1,
+            )  # fmt: skip
         scheduler.start()
         try:
             yield
@@ -614,6 +649,8 @@ def create_app(config: Config) -> Starlette:
             scheduler.pause()
             await pool.seal()
             scheduler.shutdown(wait=False)
+            if witnessing is not None:
+                await witnessing.aclose()
             pool.close()
             signatures.close()
             work.shutdown(wait=True)
@@ -626,6 +663,7 @@ def create_app(config: Config) -> Starlette:
         Route("/v1/receipts", find_receipts, methods=["GET"]),
         Route("/v1/receipts/{edge}/{request_id}", get_receipt, methods=["GET"]),
         Route("/v1/checkpoints", get_checkpoints, methods=["GET"]),
+        Route("/v1/checkpoints/{tree_size}", get_checkpoint_at, methods=["GET"]),
         Route("/v1/proofs/inclusion", get_inclusion, methods=["GET"]),
         Route("/v1/proofs/consistency", get_consistency, methods=["GET"]),
         Route("/v1/entries", get_entries, methods=["GET"]),

@@ -42,6 +42,7 @@ from typing import Any
 from log_server.config import Config, DataDir
 from tlog.errors import MalformedError
 from tlog.note import ALG_ED25519, Verifier
+from tlog.policy import parse_policy
 
 __all__ = [
     "ENV_PREFIX",
@@ -127,6 +128,19 @@ def _db(value: str) -> str:
     return value
 
 
+def _witness_policy(value: str) -> Path:
+    path = _path(value)
+    try:
+        policy = parse_policy(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read it: {exc}") from exc
+    except MalformedError as exc:
+        raise ValueError(f"not a policy file: {exc}") from exc
+    if any(w.url is None for w in policy.witnesses):
+        raise ValueError("every witness line needs the witness's URL")
+    return path
+
+
 @dataclass(frozen=True, slots=True)
 class Option:
     """One ``serve`` setting: flag ``--<name with dashes>``, variable ``METERLOG_<NAME>``,
@@ -176,6 +190,11 @@ OPTIONS: tuple[Option, ...] = (
            "(0: in the server's own process)", _count, (int,), "1", "verify_processes"),
     Option("operator_token_file", "FILE", "a file holding the operator's bearer token for "
            "/v1/admin", _path, (str,), None, None, "DIR/operator.token, made on first start"),
+    Option("witness_policy", "FILE", "witnesses to submit each checkpoint to, and the quorum "
+           "GET /checkpoint waits for (C2SP tlog-policy style: witness NAME VKEY URL, quorum)",
+           _witness_policy, (str,), None, "witness_policy", "none"),
+    Option("witness_interval", "S", "seconds between rounds of witness submissions",
+           _seconds, (int, float), "1", "witness_interval_s"),
 )  # fmt: skip
 _BY_NAME = {option.name: option for option in OPTIONS}
 

@@ -39,6 +39,11 @@ class Config:
     page_limit: int = 1000
     verify_processes: int = 1
     """Worker processes that check receipt signatures; 0: the server's own work thread."""
+    witness_policy: Path | None = None
+    """A C2SP tlog-policy style file of the witnesses to submit checkpoints to (``witness``
+    lines with URLs) and the ``quorum`` a checkpoint needs before GET /checkpoint serves it."""
+    witness_interval_s: float = 1.0
+    witness_timeout_s: float = 10.0
 
     @property
     def db_url(self) -> str:

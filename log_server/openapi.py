@@ -176,6 +176,19 @@ OPENAPI: dict[str, Any] = {
             [_int("after", "the last id already seen"), _int("limit", "page size")],
             _JSON,
         ),
+        "/v1/checkpoints/{tree_size}": _get(
+            "The latest signed checkpoint of exactly this tree size (text/plain; 404 if none)",
+            [
+                {
+                    "name": "tree_size",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^(0|[1-9][0-9]*)$"},
+                    "description": "a tree size the log published a checkpoint at",
+                }
+            ],
+            _TEXT,
+        ),
         "/v1/edge-keys": _get("The edge-key registry as the log stands", [], _JSON),
         "/v1/admin/edge-keys": {
             "post": {

@@ -41,7 +41,7 @@ from playhouse.db_url import connect
 
 from tlog.errors import MalformedError
 
-__all__ = ["EdgeKeyRecord", "EntryRecord", "Storage", "StoredCheckpoint"]
+__all__ = ["CosignatureRecord", "EdgeKeyRecord", "EntryRecord", "Storage", "StoredCheckpoint"]
 
 _SEQUENCER_LOCK_ID = 0x6D657465726C6F67  # "meterlog"
 _CHUNK = 500
@@ -73,10 +73,11 @@ class _Schema:
     entries: type[peewee.Model]
     checkpoints: type[peewee.Model]
     edge_keys: type[peewee.Model]
+    cosignatures: type[peewee.Model]
 
     @property
     def all(self) -> list[type[peewee.Model]]:
-        return [self.hashes, self.entries, self.checkpoints, self.edge_keys]
+        return [self.hashes, self.entries, self.checkpoints, self.edge_keys, self.cosignatures]
 
 
 def _schema(db: peewee.Database) -> _Schema:
@@ -138,7 +139,20 @@ def _schema(db: peewee.Database) -> _Schema:
             table_name = "edge_keys"
             primary_key = peewee.CompositeKey("edge", "key_id")
 
-    return _Schema(Hash, Entry, Checkpoint, EdgeKey)
+    class Cosignature(Base):
+        """A witness's cosignature line on the checkpoint text of (tree_size, root_hash)."""
+
+        tree_size = peewee.BigIntegerField()
+        witness = peewee.TextField()  # "<name>+<8 hex key ID>"
+        root_hash = peewee.BlobField()
+        line = peewee.TextField()
+        timestamp_s = peewee.BigIntegerField()
+
+        class Meta:
+            table_name = "cosignatures"
+            primary_key = peewee.CompositeKey("tree_size", "witness")
+
+    return _Schema(Hash, Entry, Checkpoint, EdgeKey, Cosignature)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +190,17 @@ class EdgeKeyRecord:
     valid_from_ms: int
     valid_until_ms: int | None
     entry_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class CosignatureRecord:
+    """A witness's cosignature (its note line) on the checkpoint of (tree_size, root_hash)."""
+
+    tree_size: int
+    witness: str
+    root_hash: bytes
+    line: str
+    timestamp_s: int
 
 
 def _entry(row: Any) -> EntryRecord:
@@ -440,6 +465,47 @@ class Storage:
             (self._t.edge_keys.edge == edge) & (self._t.edge_keys.key_id == key_id)
         )
         return None if row is None else _edge_key(row)
+
+    # -- witness cosignatures (log_server.witnesses) ------------------------------------------
+
+    def put_cosignature(self, record: CosignatureRecord) -> None:
+        """Keep a witness's cosignature; a newer one for the same size replaces it."""
+        t = self._t.cosignatures
+        t.insert(
+            tree_size=record.tree_size,
+            witness=record.witness,
+            root_hash=record.root_hash,
+            line=record.line,
+            timestamp_s=record.timestamp_s,
+        ).on_conflict(
+            conflict_target=[t.tree_size, t.witness],
+            update={t.root_hash: record.root_hash, t.line: record.line,
+                    t.timestamp_s: record.timestamp_s},
+        ).execute()  # fmt: skip
+
+    def cosignatures(self, tree_size: int) -> list[CosignatureRecord]:
+        t = self._t.cosignatures
+        rows = t.select().where(t.tree_size == tree_size).order_by(t.witness)
+        return [_cosignature(row) for row in rows]
+
+    def recent_cosignatures(self, limit: int = 1000) -> list[CosignatureRecord]:
+        """The latest ``limit`` cosignatures, largest tree size first."""
+        t = self._t.cosignatures
+        rows = t.select().order_by(t.tree_size.desc(), t.witness).limit(limit)
+        return [_cosignature(row) for row in rows]
+
+    def cosigned_size(self, witness: str) -> int | None:
+        """The largest tree size ``witness`` has cosigned for this log, if any."""
+        t = self._t.cosignatures
+        row = t.select(peewee.fn.MAX(t.tree_size).alias("size")).where(t.witness == witness)
+        size = row.scalar()
+        return None if size is None else int(size)
+
+
+def _cosignature(row: Any) -> CosignatureRecord:
+    return CosignatureRecord(
+        row.tree_size, row.witness, bytes(row.root_hash), row.line, row.timestamp_s
+    )
 
 
 def _edge_key(row: Any) -> EdgeKeyRecord:

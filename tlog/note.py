@@ -44,6 +44,7 @@ __all__ = [
     "SigningKey",
     "Verifier",
     "cosignature_message",
+    "format_signature_line",
     "format_skey",
     "format_vkey",
     "key_id",
@@ -317,11 +318,19 @@ def sign_note(text: str, signers: Sequence[Signer]) -> bytes:
     _check_text(text, "text")
     if not signers:
         raise MalformedError("signers", "a note needs at least one signature")
-    lines = []
-    for signer in signers:
-        payload = struct.pack(">I", signer.key_id) + signer.sign(text)
-        lines.append(f"{_EM_DASH}{signer.name} {encode_b64(payload)}\n")
+    lines = [format_signature_line(text, signer) for signer in signers]
     return (text + "\n" + "".join(lines)).encode()
+
+
+def format_signature_line(text: str, signer: Signer) -> str:
+    """One signature line, ``— <name> <base64(key ID || signature)>\\n``, over ``text``.
+
+    What a witness answers to add-checkpoint: its cosignature lines alone, to be appended to
+    the checkpoint's own signatures (:func:`sign_note` writes the same lines).
+    """
+    _check_text(text, "text")
+    payload = struct.pack(">I", signer.key_id) + signer.sign(text)
+    return f"{_EM_DASH}{signer.name} {encode_b64(payload)}\n"
 
 
 def open_note(msg: bytes, verifiers: Iterable[Verifier]) -> Note:

@@ -19,7 +19,15 @@ import binascii
 
 from tlog.errors import MalformedError
 
-__all__ = ["MAX_INT63", "decode_b64", "encode_b64", "parse_decimal"]
+__all__ = [
+    "MAX_INT63",
+    "check_hashes",
+    "decode_b64",
+    "encode_b64",
+    "parse_decimal",
+    "parse_hash_lines",
+    "split_head",
+]
 
 MAX_INT63 = (1 << 63) - 1
 """The largest size or index meterlog accepts: it must fit a signed 64-bit database integer."""
@@ -52,3 +60,33 @@ def decode_b64(text: str, field: str) -> bytes:
 
 def encode_b64(data: bytes) -> str:
     return binascii.b2a_base64(data, newline=False).decode("ascii")
+
+
+def split_head(data: bytes, field: str) -> tuple[list[str], bytes]:
+    """The ASCII lines before the first blank line, and the bytes after it: the layout of
+    every text format that puts a few lines (a header, proof hashes) before a signed note."""
+    head, sep, rest = data.partition(b"\n\n")
+    if not sep:
+        raise MalformedError(field, "no blank line before the signed part")
+    try:
+        return head.decode("ascii").split("\n"), rest
+    except UnicodeDecodeError as exc:
+        raise MalformedError(field, "the lines before the blank line are not ASCII") from exc
+
+
+def parse_hash_lines(lines: list[str], field: str, maximum: int) -> tuple[bytes, ...]:
+    """At most ``maximum`` lines, each the canonical base64 of a 32-byte hash."""
+    if len(lines) > maximum:
+        raise MalformedError(field, f"more than {maximum} hashes")
+    hashes = tuple(decode_b64(line, f"{field}[{i}]") for i, line in enumerate(lines))
+    check_hashes(hashes, field, maximum)
+    return hashes
+
+
+def check_hashes(hashes: tuple[bytes, ...], field: str, maximum: int) -> None:
+    """At most ``maximum`` hashes, each 32 bytes."""
+    if len(hashes) > maximum:
+        raise MalformedError(field, f"more than {maximum} hashes")
+    for h in hashes:
+        if len(h) != 32:
+            raise MalformedError(field, "a hash is not 32 bytes")

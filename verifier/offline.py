@@ -14,25 +14,54 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from tlog.bundle import parse_bundle, verify_bundle_inclusion
-from tlog.checkpoint import SignedCheckpoint, open_checkpoint
+from tlog.checkpoint import SignedCheckpoint
 from tlog.entry import EdgeKey, Receipt, decode_entry, verify_edge_key, verify_receipt
 from tlog.errors import MalformedError, VerificationError
 from tlog.note import Verifier
 from tlog.parsing import encode_b64
+from tlog.policy import Policy, open_checkpoint_with_policy, policy_of
 
-__all__ = ["Check", "Report", "TrustPolicy", "check_bundle", "check_checkpoint"]
+__all__ = ["Check", "Report", "TrustPolicy", "check_bundle", "check_checkpoint", "open_step"]
 
 Status = Literal["ok", "failed", "not checked"]
 
 
 @dataclass(frozen=True, slots=True)
 class TrustPolicy:
-    """Whom the verifier trusts: the log's keys, and optionally a quorum of witnesses."""
+    """Whom the verifier trusts: the log's keys, and optionally a quorum of witnesses.
 
-    log_keys: tuple[Verifier, ...]
+    Either plain lists (``log_keys``, ``witnesses``, ``quorum`` of them) or a C2SP
+    tlog-policy style ``policy`` (``--policy FILE``), which then wins.
+    """
+
+    log_keys: tuple[Verifier, ...] = ()
     witnesses: tuple[Verifier, ...] = ()
     quorum: int = 0
     origin: str | None = None
+    policy: Policy | None = None
+    relaxed: bool = False
+    """Made by :meth:`without_quorum`: the quorum is checked on a later checkpoint instead."""
+
+    @property
+    def effective(self) -> Policy:
+        """The tlog policy this stands for."""
+        if self.policy is not None:
+            return self.policy
+        return policy_of(self.log_keys, self.witnesses, self.quorum)
+
+    def without_quorum(self) -> TrustPolicy:
+        """The same keys with no witness quorum: for a checkpoint that is then proven
+        consistent with a newer one that meets the quorum (a past checkpoint of the log's
+        history, or the one inside a bundle the log answered a submission with)."""
+        rules = self.effective
+        relaxed = Policy(rules.logs, rules.witnesses, rules.groups, None)
+        return TrustPolicy(
+            origin=self.origin, policy=relaxed, relaxed=self.effective.quorum is not None
+        )
+
+    def open(self, note: bytes) -> SignedCheckpoint:
+        """Verify a signed checkpoint under this policy (raises VerificationError)."""
+        return open_checkpoint_with_policy(note, self.effective, origin=self.origin)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +111,9 @@ class Report:
 
 def _describe_signers(signed: SignedCheckpoint, policy: TrustPolicy) -> str:
     names = [
-        f"{key.name}+{key.key_id:08x}" for key in policy.log_keys if signed.note.signed_by(key)
+        f"{key.name}+{key.key_id:08x}"
+        for key in policy.effective.log_keys
+        if signed.note.signed_by(key)
     ]
     return "signed by " + ", ".join(names)
 
@@ -97,25 +128,22 @@ def _checkpoint_facts(report: Report, signed: SignedCheckpoint) -> None:
     )
 
 
-def _open(report: Report, note: bytes, policy: TrustPolicy) -> SignedCheckpoint | None:
+def open_step(report: Report, note: bytes, policy: TrustPolicy) -> SignedCheckpoint | None:
+    rules = policy.effective
     try:
-        signed = open_checkpoint(
-            note,
-            policy.log_keys,
-            origin=policy.origin,
-            witnesses=policy.witnesses,
-            quorum=policy.quorum,
-        )
+        signed = policy.open(note)
     except (VerificationError, MalformedError) as exc:
         report.failed("checkpoint signature", exc)
         return None
     report.passed("checkpoint signature", _describe_signers(signed, policy))
-    if policy.quorum:
+    if rules.quorum is not None:
         report.passed(
             "witness quorum",
-            f"{len(signed.witnesses)} of {len(policy.witnesses)} witnesses cosigned "
-            f"(policy needs {policy.quorum})",
+            f"{len(signed.witnesses)} of {len(rules.witnesses)} witnesses cosigned "
+            f"(policy needs {rules.describe_quorum()})",
         )
+    elif policy.relaxed:
+        report.skipped("witness quorum", "not required here: proven a prefix of one that has it")
     else:
         report.skipped("witness quorum", "no witness policy given")
     _checkpoint_facts(report, signed)
@@ -125,7 +153,7 @@ def _open(report: Report, note: bytes, policy: TrustPolicy) -> SignedCheckpoint 
 def check_checkpoint(note: bytes, policy: TrustPolicy, subject: str = "checkpoint") -> Report:
     """Verify a signed checkpoint note against a trust policy."""
     report = Report(subject)
-    _open(report, note, policy)
+    open_step(report, note, policy)
     return report
 
 
@@ -150,7 +178,7 @@ def check_bundle(
         report.failed("bundle format", exc)
         return report
     report.passed("bundle format", "c2sp.org/tlog-proof@v1")
-    signed = _open(report, bundle.checkpoint, policy)
+    signed = open_step(report, bundle.checkpoint, policy)
     if signed is None:
         return report
     try:

@@ -97,6 +97,7 @@ def start_server(
     origin: str = ORIGIN,
     pool_interval_s: float = 0.05,
     checkpoint_interval_s: float = 3600.0,
+    extra_args: Sequence[str] = (),
 ) -> ServerProcess:
     """Start ``meterlog serve`` on a free loopback port and return once /healthz says ok.
 
@@ -126,6 +127,7 @@ def start_server(
     ]
     if db is not None:
         argv += ["--db", db]
+    argv += extra_args
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_environment()
@@ -167,9 +169,17 @@ def running_server(
     *,
     db: str | None = None,
     checkpoint_interval_s: float = 3600.0,
+    origin: str = ORIGIN,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[ServerProcess]:
     """:func:`start_server` for the ``with`` block; stopped afterwards, whatever happens."""
-    server = start_server(data_dir, db=db, checkpoint_interval_s=checkpoint_interval_s)
+    server = start_server(
+        data_dir,
+        db=db,
+        checkpoint_interval_s=checkpoint_interval_s,
+        origin=origin,
+        extra_args=extra_args,
+    )
     try:
         yield server
     finally:

@@ -100,6 +100,9 @@ LAYERS: dict[str, tuple[str, str, str, str, tuple[object, object, object]]] = {
     "verify_processes": ("0", "2", "3", "config.verify_processes", (0, 2, 3)),
     "operator_token_file": ('"t.token"', "e.token", "f.token", "operator_token_file",
                             (Path("t.token"), Path("e.token"), Path("f.token"))),
+    "witness_policy": ('"t.policy"', "e.policy", "f.policy", "config.witness_policy",
+                       (Path("t.policy"), Path("e.policy"), Path("f.policy"))),
+    "witness_interval": ("2", "3.5", "4", "config.witness_interval_s", (2.0, 3.5, 4.0)),
 }  # fmt: skip
 
 
@@ -112,6 +115,8 @@ def test_every_option_is_layered() -> None:
 def test_flags_beat_environment_beat_toml_beat_defaults(name: str) -> None:
     for token_file in ("t.token", "e.token", "f.token"):
         Path(token_file).write_text(f"token-from-{token_file}-0123456789\n", encoding="utf-8")
+    for policy_file in ("t.policy", "e.policy", "f.policy"):
+        Path(policy_file).write_text("quorum none\n", encoding="utf-8")
     toml_value, env_value, flag_value, where, expected = LAYERS[name]
     env_name = next(o.env for o in OPTIONS if o.name == name)
     Path("serve.toml").write_text(f"{name} = {toml_value}\n", encoding="utf-8")
