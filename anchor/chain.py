@@ -18,6 +18,7 @@ Imports web3, eth_account and eth_tester (this module alone), tlog and anchor's 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -25,8 +26,11 @@ from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+import eth_tester.exceptions
 import requests
+from eth.exceptions import PyEVMError
 from eth_account import Account
+from eth_utils.exceptions import ValidationError as EthValidationError
 from web3 import Web3
 from web3.exceptions import TransactionNotFound, Web3Exception, Web3RPCError
 from web3.middleware import ExtraDataToPOAMiddleware
@@ -68,6 +72,16 @@ DEFAULT_PRIORITY_FEE_WEI = 10**9
 """1 gwei: the tip offered when the node does not suggest one."""
 GAS_MARGIN_PERCENT = 20
 """Gas limit = the node's estimate + this margin (an anchor costs the same every time)."""
+_IN_PROCESS_ERRORS: tuple[type[Exception], ...] = (
+    EthValidationError,
+    PyEVMError,
+    *(
+        value
+        for value in vars(eth_tester.exceptions).values()
+        if isinstance(value, type) and issubclass(value, Exception)
+    ),
+)
+"""What the in-process chain raises where a node would answer with an error."""
 
 
 class ChainError(Exception):
@@ -208,6 +222,9 @@ class Chain:
         self.endpoint = endpoint
         self.chain_id = chain_id
         self.name = _display(endpoint)
+        self._lock = threading.RLock()
+        """One call at a time: the in-process chain is not thread-safe, and a node does not
+        mind."""
 
     # -- connecting ------------------------------------------------------------------------
 
@@ -249,7 +266,8 @@ class Chain:
         """Turn whatever web3 and its transports raise into a ChainError saying ``what``
         failed; with ``key``, the message is scrubbed of it (it never should hold it)."""
         try:
-            yield
+            with self._lock:
+                yield
         except ChainError:
             raise
         except (requests.RequestException, OSError, TimeoutError) as exc:
@@ -258,8 +276,8 @@ class Chain:
         except Web3RPCError as exc:
             message = f"{what}: {self.name} refused: {_rpc_message(exc)}"
             raise ChainRefusedError(_scrub(message, key)) from None
-        except (Web3Exception, ValueError, KeyError, TypeError) as exc:
-            # eth-tester raises its own ValueErrors; a malformed answer raises the others.
+        except (Web3Exception, ValueError, KeyError, TypeError, *_IN_PROCESS_ERRORS) as exc:
+            # eth-tester raises its own errors; a malformed answer raises the others.
             message = f"{what}: {self.name} failed: {exc}"
             raise ChainRefusedError(_scrub(message, key)) from None
 

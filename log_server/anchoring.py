@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import uuid
 from dataclasses import dataclass, replace
 
@@ -128,6 +129,8 @@ class Anchoring:
         self.error: str | None = None
         self.error_at_ms: int | None = None
         self.refused: str | None = None
+        self._lock = threading.Lock()
+        """The steps run one at a time, whichever thread calls them."""
 
     # -- connecting ------------------------------------------------------------------------
 
@@ -177,6 +180,10 @@ class Anchoring:
         self.error_at_ms = now_ms
 
     def _run(self, now_ms: int, interval_elapsed: bool) -> None:
+        with self._lock:
+            self._step(now_ms, interval_elapsed)
+
+    def _step(self, now_ms: int, interval_elapsed: bool) -> None:
         if not self.storage.anchors.claim(LEASE, self.holder, now_ms, self.settings.lease_ms):
             return
         try:
