@@ -131,6 +131,8 @@ class Anchoring:
         self.refused: str | None = None
         self._lock = threading.Lock()
         """The steps run one at a time, whichever thread calls them."""
+        self._due = False
+        self._unavailable = False
 
     # -- connecting ------------------------------------------------------------------------
 
@@ -139,10 +141,10 @@ class Anchoring:
         an unreachable node is only recorded. The in-process chain gets the contract now."""
         try:
             self._connected()
-        except ChainUnavailableError as exc:
+        except (WrongChainError, NotAnchorContractError) as exc:
+            raise AnchoringRefusedError(str(exc)) from None
+        except ChainError as exc:
             self._failed(exc, None)
-        if self.refused is not None:
-            raise AnchoringRefusedError(self.refused)
 
     def _connected(self) -> Chain:
         """The chain, connected and checked (chain ID, contract) since the last failure."""
@@ -172,7 +174,8 @@ class Anchoring:
         return chain
 
     def _failed(self, exc: ChainError, now_ms: int | None) -> None:
-        if isinstance(exc, ChainUnavailableError):
+        self._unavailable = isinstance(exc, ChainUnavailableError)
+        if self._unavailable:
             self._verified = False
         if str(exc) != self.error:
             log.warning("anchoring: %s", exc)
@@ -184,6 +187,8 @@ class Anchoring:
             self._step(now_ms, interval_elapsed)
 
     def _step(self, now_ms: int, interval_elapsed: bool) -> None:
+        if interval_elapsed:
+            self._due = True
         if not self.storage.anchors.claim(LEASE, self.holder, now_ms, self.settings.lease_ms):
             return
         try:
@@ -192,13 +197,14 @@ class Anchoring:
                 if self.endpoint == IN_PROCESS:
                     chain.mine(1)  # the demo chain makes blocks only when asked
                 self._follow_all(chain, now_ms)
-            self._send_if_needed(chain, now_ms, interval_elapsed)
+            self._send_if_needed(chain, now_ms)
         except ChainError as exc:
             self._failed(exc, now_ms)
         else:
-            if self.error is not None:
+            if self._unavailable:
                 log.warning("anchoring: %s answers again", self.endpoint_name)
             self.error = self.error_at_ms = None
+            self._unavailable = False
 
     @property
     def endpoint_name(self) -> str:
@@ -221,18 +227,22 @@ class Anchoring:
 
     # -- sending ---------------------------------------------------------------------------
 
-    def _send_if_needed(self, chain: Chain, now_ms: int, interval_elapsed: bool) -> None:
+    def _send_if_needed(self, chain: Chain, now_ms: int) -> None:
+        """Send an anchor of the latest checkpoint if one is due (an interval passed since the
+        last was due, or the last was dropped), the tree grew past the last final anchor, and
+        none is in flight. A due anchor stays due until it is sent: one that an unreachable
+        node or an anchor still in flight held back goes out at the next poll that can."""
         anchors = self.storage.anchors
+        last = anchors.latest()
+        if not self._due and not (last is not None and last.status == "dropped"):
+            return
         if anchors.latest(ANCHOR_OPEN) is not None:
             return  # one anchor at a time: its nonce is the account's next
         checkpoint = self.storage.latest_checkpoint()
-        if checkpoint is None or checkpoint.tree_size == 0:
-            return
         final = anchors.latest(("final",))
-        if final is not None and final.tree_size >= checkpoint.tree_size:
-            return
-        last = anchors.latest()
-        if not interval_elapsed and not (last is not None and last.status == "dropped"):
+        anchored = 0 if final is None else final.tree_size
+        if checkpoint is None or checkpoint.tree_size <= anchored:
+            self._due = False
             return
         self._send(
             chain,
@@ -274,13 +284,20 @@ class Anchoring:
                 attempt_at_ms=now_ms,
             )
         )
+        self._due = False  # stored: from here on, follow() looks after it
         log.info(
             "anchoring tree size %d in 0x%s (nonce %d)",
             stored.tree_size,
             signed.tx_hash.hex(),
             signed.nonce,
         )
-        chain.broadcast(signed)  # if this fails, follow() sends the stored bytes again
+        try:
+            chain.broadcast(signed)  # if it does not arrive, follow() sends the bytes again
+        except ChainRefusedError as exc:
+            # A definite no (no funds, a nonce race): retried at the next interval.
+            failed = replace(stored, status="failed", problem=f"the node refused it: {exc}")
+            self.storage.anchors.update(failed)
+            raise
 
     # -- following -------------------------------------------------------------------------
 
@@ -303,7 +320,8 @@ class Anchoring:
         * pending, and the account's nonce moved past it without it: another transaction took
           the nonce, so it can never be mined: ``dropped``, and a new anchor goes out now;
         * pending, and the node does not know it (lost in a reorg or a restart, evicted, or
-          never received): the same signed bytes are sent again;
+          never received): the same signed bytes are sent again, or, if the node refuses them
+          (their fees are now below the base fee), re-signed as below;
         * pending for ``anchor_replace_after_s``: re-signed with the same nonce and fees
           raised by FEE_BUMP_PERCENT (at least the market's, at most ``anchor_max_fee_gwei``)
           — or, when an earlier nonce of the account is missing (a gap that would hold it
@@ -345,14 +363,21 @@ class Anchoring:
             log.warning("anchor of tree size %d dropped: %s", anchor.tree_size, dropped.problem)
             self.storage.anchors.update(dropped)
             return
-        if not chain.knows(anchor.tx_hash):
-            self._resend(chain, anchor)
-            return
-        if now_ms - anchor.attempt_at_ms < self.settings.replace_after_ms:
-            return
+        known = chain.knows(anchor.tx_hash)
+        waited = now_ms - anchor.attempt_at_ms >= self.settings.replace_after_ms
         if account_nonce < anchor.nonce:
-            self._replace(chain, anchor, now_ms, account_nonce, "a nonce gap held it")
-        else:
+            # A gap: an earlier nonce of the account is missing, so this one cannot be
+            # mined. Fill it at once if the node dropped the anchor, else after a wait.
+            if not known or waited:
+                self._replace(chain, anchor, now_ms, account_nonce, "a nonce gap held it")
+        elif not known:
+            try:
+                self._resend(chain, anchor)
+            except ChainRefusedError as exc:
+                # The node will not take these bytes again (typically: the base fee rose
+                # above their fee cap, and the node evicted them): sign them anew.
+                self._replace(chain, anchor, now_ms, account_nonce, f"refused again ({exc})")
+        elif waited:
             self._replace(chain, anchor, now_ms, anchor.nonce, "not mined in time")
 
     def _mined(self, anchor: StoredAnchor, mined: Mined, head: int, now_ms: int) -> None:
@@ -405,15 +430,10 @@ class Anchoring:
             Fees.from_json(json.loads(anchor.fees_json)),
             anchor.gas_limit,
         )
-        try:
-            chain.broadcast(signed)
-        except ChainRefusedError as exc:
-            self.storage.anchors.update(replace(anchor, problem=f"sending again: {exc}"))
-            raise
-        if anchor.problem is None or not anchor.problem.startswith("sent again"):
-            self.storage.anchors.update(
-                replace(anchor, problem="sent again: the node did not know it")
-            )
+        chain.broadcast(signed)
+        if anchor.problem is None or "sent again" not in anchor.problem:
+            why = "the node did not know it" if anchor.problem is None else anchor.problem
+            self.storage.anchors.update(replace(anchor, problem=f"{why}; sent again"))
 
     def _replace(
         self, chain: Chain, anchor: StoredAnchor, now_ms: int, nonce: int, why: str
@@ -421,15 +441,10 @@ class Anchoring:
         old_fees = Fees.from_json(json.loads(anchor.fees_json))
         fees = self._fees(chain, old_fees)
         if nonce == anchor.nonce and fees == old_fees:
-            self.storage.anchors.update(
-                replace(
-                    anchor,
-                    attempt_at_ms=now_ms,
-                    problem=f"{why}, and its fees are at the cap ({self.settings.max_fee_per_gas}"
-                    " wei per gas)",
-                )
-            )
-            return
+            cap = self.settings.max_fee_per_gas
+            problem = f"{why}, and its fees are at the cap ({cap} wei per gas)"
+            self.storage.anchors.update(replace(anchor, attempt_at_ms=now_ms, problem=problem))
+            raise ChainRefusedError(f"anchor of tree size {anchor.tree_size}: {problem}")
         checkpoint = Checkpoint(self.origin, anchor.tree_size, anchor.root_hash)
         signed = chain.sign_anchor(
             self._key,
@@ -451,7 +466,13 @@ class Anchoring:
         )
         log.warning("anchor of tree size %d: %s", anchor.tree_size, replaced.problem)
         self.storage.anchors.update(replaced)
-        chain.broadcast(signed)
+        try:
+            chain.broadcast(signed)
+        except ChainRefusedError as exc:
+            # Refused: forget this attempt (it never reached the chain) and try again later.
+            refused = replace(anchor, attempt_at_ms=now_ms, problem=f"re-signing refused: {exc}")
+            self.storage.anchors.update(refused)
+            raise
 
     # -- reporting -------------------------------------------------------------------------
 
@@ -461,6 +482,10 @@ class Anchoring:
         final = anchors.latest(("final",))
         in_flight = anchors.latest(ANCHOR_OPEN)
         anchored = 0 if final is None else final.tree_size
+        last = anchors.latest()
+        error = self.refused or self.error
+        if error is None and last is not None and last.status == "failed":
+            error = last.problem
         return {
             "chain_id": self.chain_id,
             "contract": self.contract,
@@ -471,7 +496,7 @@ class Anchoring:
             if final is None or final.final_at_ms is None
             else now_ms - final.final_at_ms,
             "in_flight": None if in_flight is None else "0x" + in_flight.tx_hash.hex(),
-            "error": self.refused or self.error,
+            "error": error,
         }
 
     def describe(self) -> dict[str, object]:

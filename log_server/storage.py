@@ -462,8 +462,8 @@ def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
 
 ANCHOR_OPEN = ("pending", "mined")
 """Anchor statuses the anchoring job still follows; the others are ``final``, ``dropped``
-(its nonce went to another transaction, or it was given up) and ``failed`` (mined, but the
-call reverted)."""
+(its nonce went to another transaction) and ``failed`` (the node refused it, or it was mined
+but the call reverted)."""
 
 
 @dataclass(frozen=True, slots=True)

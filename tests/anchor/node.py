@@ -138,7 +138,6 @@ class DeployedChain:
     chain_id: int
 
 
-
 @contextmanager
 def deployed_chain(kind: str) -> Iterator[DeployedChain]:
     """``anvil`` (a real node) or ``eth-tester`` (in process), with the contract deployed."""
@@ -175,8 +174,10 @@ class FlakyProxy:
         return f"http://127.0.0.1:{self.port}"
 
     def down(self) -> None:
-        """Unreachable from now on; open connections are cut within 0.1 s."""
+        """Unreachable from now on; open connections are cut before this returns."""
         self.up = False
+        for thread in self._threads:
+            thread.join(timeout=5)
 
     def close(self) -> None:
         self._closed = True

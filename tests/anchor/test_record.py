@@ -92,7 +92,12 @@ def test_the_event_round_trips(origin: bytes, sender: str, tree_size: int, root:
 
 def test_every_malformed_call_is_refused() -> None:
     call = encode_anchor_call(bytes(32), 7, b"\x11" * 32)
-    for bad in (call[:-1], call + b"\0", b"\xff" + call[1:], call[:4] + call[4:40] + b"\x01" + call[41:]):
+    for bad in (
+        call[:-1],
+        call + b"\0",
+        b"\xff" + call[1:],
+        call[:4] + call[4:40] + b"\x01" + call[41:],
+    ):
         with pytest.raises(MalformedError):
             decode_anchor_call(bad)
     with pytest.raises(MalformedError, match="tree_size"):
