@@ -82,6 +82,14 @@ _IN_PROCESS_ERRORS: tuple[type[Exception], ...] = (
     ),
 )
 """What the in-process chain raises where a node would answer with an error."""
+_ANSWER_ERRORS: tuple[type[Exception], ...] = (
+    Web3Exception,
+    ValueError,
+    KeyError,
+    TypeError,
+    *_IN_PROCESS_ERRORS,
+)
+"""A node's error (or the in-process chain's), or an answer web3 could not read."""
 
 
 class ChainError(Exception):
@@ -276,7 +284,7 @@ class Chain:
         except Web3RPCError as exc:
             message = f"{what}: {self.name} refused: {_rpc_message(exc)}"
             raise ChainRefusedError(_scrub(message, key)) from None
-        except (Web3Exception, ValueError, KeyError, TypeError, *_IN_PROCESS_ERRORS) as exc:
+        except _ANSWER_ERRORS as exc:
             # eth-tester raises its own errors; a malformed answer raises the others.
             message = f"{what}: {self.name} failed: {exc}"
             raise ChainRefusedError(_scrub(message, key)) from None

@@ -8,6 +8,7 @@ chain-ID checks, the gas an anchor costs, an unreachable node, a node that caps
 from __future__ import annotations
 
 import hashlib
+import itertools
 from typing import Any
 
 import pytest
@@ -82,7 +83,7 @@ def test_an_unreachable_node_is_an_unavailable_error() -> None:
     with running_anvil() as anvil, flaky_proxy(anvil.url) as proxy:
         chain = Chain.connect(proxy.url, timeout_s=2.0)
         proxy.down()
-        with pytest.raises(ChainUnavailableError, match="127.0.0.1.*unreachable"):
+        with pytest.raises(ChainUnavailableError, match=r"127\.0\.0\.1.*unreachable"):
             chain.head()
         proxy.up = True
         assert chain.head() >= 0
@@ -115,7 +116,7 @@ def test_capped_log_ranges_are_split(
     assert find_anchors(c.chain, c.contract, ORIGIN) == records
     # The answered ranges cover 0..head exactly, in order, without overlap.
     assert answered[0][0] == 0 and answered[-1][1] == head
-    assert all(a[1] + 1 == b[0] for a, b in zip(answered, answered[1:], strict=False))
+    assert all(a[1] + 1 == b[0] for a, b in itertools.pairwise(answered))
 
 
 def test_errors_never_hold_the_key(anchor_chain: DeployedChain) -> None:
