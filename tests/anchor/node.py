@@ -139,8 +139,9 @@ class DeployedChain:
 
 
 @contextmanager
-def deployed_chain(kind: str) -> Iterator[DeployedChain]:
-    """``anvil`` (a real node) or ``eth-tester`` (in process), with the contract deployed."""
+def deployed_chain(kind: str, *anvil_args: str) -> Iterator[DeployedChain]:
+    """``anvil`` (a real node, started with ``anvil_args``) or ``eth-tester`` (in process),
+    with the contract deployed."""
     if kind == "eth-tester":
         chain = Chain.connect(IN_PROCESS)
         contract = chain.deploy(ETH_TESTER_KEY)
@@ -148,7 +149,7 @@ def deployed_chain(kind: str) -> Iterator[DeployedChain]:
             chain, IN_PROCESS, contract, ETH_TESTER_KEY, ETH_TESTER_OTHER_KEY, chain.chain_id
         )
         return
-    with running_anvil() as anvil:
+    with running_anvil(*anvil_args) as anvil:
         chain = Chain.connect(anvil.url, expected_chain_id=ANVIL_CHAIN_ID)
         contract = chain.deploy(ANVIL_KEY)
         yield DeployedChain(chain, anvil.url, contract, ANVIL_KEY, ANVIL_OTHER_KEY, ANVIL_CHAIN_ID)
