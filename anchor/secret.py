@@ -29,7 +29,7 @@ class AnchorKey:
     """A secp256k1 private key, 32 bytes, with the name of where it came from."""
 
     secret: bytes = field(repr=False)
-    source: str = "the anchoring key"
+    source: str = field(default="the anchoring key", compare=False)
     """Where it came from (a file name, an environment variable's name), for messages."""
 
     def __post_init__(self) -> None:
