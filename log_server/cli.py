@@ -55,6 +55,7 @@ __all__ = [
     "Option",
     "Settings",
     "add_serve_command",
+    "check_anchoring",
     "resolve_settings",
     "serve",
 ]
@@ -324,7 +325,6 @@ def resolve_settings(flags: Mapping[str, str | None], environ: Mapping[str, str]
     anchor_key = _anchor_key(values["anchor_key_file"], environ.get(ANCHOR_KEY_ENV))
     fields = {o.field: values[o.name] for o in OPTIONS if o.field is not None}
     config = Config(operator_token=token, anchor_key=anchor_key, **fields)  # type: ignore[arg-type]
-    _check_anchoring(config)
     if not isinstance(token_file, Path):
         token_file = config.data_dir / "operator.token"
     return Settings(config, token_file)
@@ -347,8 +347,9 @@ def _anchor_key(path: object, env_value: str | None) -> AnchorKey | None:
     return None
 
 
-def _check_anchoring(config: Config) -> None:
-    """The anchoring settings that only make sense together."""
+def check_anchoring(config: Config) -> None:
+    """The anchoring settings that only make sense together (``serve`` checks them before it
+    starts; :func:`resolve_settings` checks each setting alone). Raises ConfigError."""
     rpc = config.anchor_rpc
     if rpc is None:
         given = [
@@ -500,7 +501,9 @@ def serve(settings: Settings) -> int:
 def _run(args: argparse.Namespace) -> int:
     flags = {option.name: getattr(args, option.name) for option in OPTIONS}
     try:
-        return serve(resolve_settings(flags, os.environ))
+        settings = resolve_settings(flags, os.environ)
+        check_anchoring(settings.config)
+        return serve(settings)
     except ConfigError as exc:
         print(f"meterlog serve: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cli.main import main
-from log_server.cli import OPTIONS, ConfigError, resolve_settings
+from log_server.cli import OPTIONS, ConfigError, check_anchoring, resolve_settings
 from tests.anchor.node import ANVIL_CHAIN_ID, ANVIL_KEY, deployed_chain, running_anvil
 
 SECRET = ANVIL_KEY.secret.hex()
@@ -81,7 +81,7 @@ def test_bad_anchoring_settings_name_the_setting(
     given: dict[str, str], environ: dict[str, str], message: str
 ) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
-        resolve_settings(flags(**given), environ)
+        check_anchoring(resolve_settings(flags(**given), environ).config)
     assert SECRET[:-1] not in str(e.value) and "APIKEY" not in str(e.value)
 
 
