@@ -41,7 +41,7 @@ from anchor.chain import (
 )
 from anchor.record import AnchorRecord, encode_anchored_event, origin_hash, parse_address
 from anchor.secret import AnchorKey, AnchorKeyError
-from cli.client import log_url
+from cli.client import LogUnavailableError, answer_json, get, log_url
 from tlog.checkpoint import SignedCheckpoint, open_checkpoint
 from tlog.errors import MalformedError, VerificationError
 from tlog.note import Verifier, format_vkey
@@ -70,10 +70,6 @@ ANCHOR_KEY_ENV = "METERLOG_ANCHOR_KEY"
 _PAGE = 1000
 
 
-class _UnavailableError(Exception):
-    """The log or the node did not answer (exit 3)."""
-
-
 @dataclass
 class AnchorVerdict:
     """What :func:`verify_anchors` found: the report, the forks, and the exit code."""
@@ -91,39 +87,19 @@ class AnchorVerdict:
 # -- talking to the log ---------------------------------------------------------------------
 
 
-def _get(http: httpx.Client, url: str) -> httpx.Response:
-    try:
-        response = http.get(url)
-    except httpx.TransportError as exc:
-        raise _UnavailableError(f"{url}: {type(exc).__name__}: {exc}") from exc
-    if response.status_code >= 500:
-        raise _UnavailableError(f"{url}: HTTP {response.status_code}")
-    return response
-
-
-def _json(response: httpx.Response) -> dict[str, Any]:
-    try:
-        value = json.loads(response.content)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _UnavailableError(f"{response.url}: not JSON ({exc})") from exc
-    if not isinstance(value, dict):
-        raise _UnavailableError(f"{response.url}: not a JSON object")
-    return value
-
-
 def _log_anchors(http: httpx.Client, base: str) -> tuple[dict[str, Any] | None, list[Any]]:
     """The log's ``/v1/anchors``: where it says it anchors, and every anchor it lists."""
     after = 0
     anchors: list[Any] = []
     while True:
-        response = _get(http, f"{base}/v1/anchors?after={after}&limit={_PAGE}")
+        response = get(f"{base}/v1/anchors?after={after}&limit={_PAGE}", http)
         if response.status_code == 404:
             return None, []  # a log without anchoring routes
-        body = _json(response)
+        body = answer_json(response)
         describe = body.get("anchoring")
         page = body.get("anchors")
         if not isinstance(page, list):
-            raise _UnavailableError(f"{base}/v1/anchors: no anchors list")
+            raise LogUnavailableError(f"{base}/v1/anchors: no anchors list")
         anchors.extend(page)
         next_after = body.get("next_after")
         if not isinstance(next_after, int) or not page:
@@ -136,10 +112,10 @@ def _consistency_proof(
 ) -> list[bytes] | str:
     """The log's consistency proof, or why it gave none (a 4xx answer, a malformed body)."""
     url = f"{base}/v1/proofs/consistency?old_size={old_size}&new_size={new_size}"
-    response = _get(http, url)
+    response = get(url, http)
     if response.status_code != 200:
         return f"the log answered HTTP {response.status_code}: {response.text[:200]}"
-    body = _json(response)
+    body = answer_json(response)
     proof = body.get("proof")
     if not isinstance(proof, list) or not all(isinstance(h, str) for h in proof):
         return "the log's answer has no proof list"
@@ -307,15 +283,16 @@ def verify_anchors(
     from_block: int = 0,
 ) -> AnchorVerdict:
     """Check every anchor of the log at ``log`` in ``contract`` on ``chain`` (see the module
-    docstring). Raises _UnavailableError when the log or the node does not answer; UsageError when
+    docstring). Raises LogUnavailableError when the log does not answer, ChainError when the
+    node fails; UsageError when
     no anchoring address is given and the log names none."""
     base = log_url(log)
     contract = parse_address(contract, "--contract")
     report = Report(f"anchors of {base} on chain {chain.chain_id}")
     verdict = AnchorVerdict(report)
-    note = _get(http, f"{base}/checkpoint")
+    note = get(f"{base}/checkpoint", http)
     if note.status_code != 200:
-        raise _UnavailableError(f"{base}/checkpoint: HTTP {note.status_code}")
+        raise LogUnavailableError(f"{base}/checkpoint: HTTP {note.status_code}")
     try:
         signed = open_checkpoint(note.content, log_keys, origin=origin)
     except (VerificationError, MalformedError) as exc:
@@ -420,7 +397,7 @@ def _run_verify(args: argparse.Namespace) -> int:
     except WrongChainError as exc:
         print(f"FAILED  {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except (_UnavailableError, ChainUnavailableError) as exc:
+    except (LogUnavailableError, ChainUnavailableError) as exc:
         print(f"meterlog verify anchor: unavailable: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except ChainError as exc:

@@ -88,6 +88,20 @@ def grow(storage: Storage, count: int = 1) -> int:
     return storage.tree_size()
 
 
+def pending_anchor(
+    c: DeployedChain, storage: Storage, tmp_path: Path, **changes: Any
+) -> tuple[Anchoring, StoredAnchor]:
+    """On anvil with automine off (nothing is mined until the test says so): the job, and
+    the anchor it sent of a tree grown by one entry, still pending."""
+    anchoring = job(c, storage, tmp_path, **changes)
+    c.chain.request("evm_setAutomine", [False])
+    grow(storage)
+    anchoring.anchor_due(NOW_MS)
+    (anchor,) = anchors(storage)
+    assert anchor.status == "pending"
+    return anchoring, anchor
+
+
 def anchors(storage: Storage) -> list[StoredAnchor]:
     return storage.anchors.list(limit=1000)
 
@@ -253,11 +267,8 @@ def test_a_nonce_taken_by_another_transaction_drops_the_anchor_and_sends_another
     anvil_chain: DeployedChain, storage: Storage, tmp_path: Path
 ) -> None:
     c = anvil_chain
-    anchoring = job(c, storage, tmp_path)
-    c.chain.request("evm_setAutomine", [False])
-    size = grow(storage)
-    anchoring.anchor_due(NOW_MS)
-    (ours,) = anchors(storage)
+    anchoring, ours = pending_anchor(c, storage, tmp_path)
+    size = storage.tree_size()
     # Another process with the same key spends the nonce first, paying more.
     other = c.chain.sign_anchor(
         c.key,
@@ -283,11 +294,7 @@ def test_an_anchor_not_mined_in_time_is_replaced_with_higher_fees(
     anvil_chain: DeployedChain, storage: Storage, tmp_path: Path
 ) -> None:
     c = anvil_chain
-    anchoring = job(c, storage, tmp_path)
-    c.chain.request("evm_setAutomine", [False])  # nothing is mined until the test says so
-    grow(storage)
-    anchoring.anchor_due(NOW_MS)
-    (first,) = anchors(storage)
+    anchoring, first = pending_anchor(c, storage, tmp_path)
     anchoring.follow(NOW_MS + REPLACE_AFTER_MS - 1)  # not waited long enough yet
     assert anchors(storage) == [first]
 
@@ -307,11 +314,7 @@ def test_a_base_fee_above_the_anchors_fees_gets_it_re_signed(
     anvil_chain: DeployedChain, storage: Storage, tmp_path: Path
 ) -> None:
     c = anvil_chain
-    anchoring = job(c, storage, tmp_path)
-    c.chain.request("evm_setAutomine", [False])
-    grow(storage)
-    anchoring.anchor_due(NOW_MS)
-    (first,) = anchors(storage)
+    anchoring, first = pending_anchor(c, storage, tmp_path)
     offered = _fees(first)["max_fee_per_gas"]
     # The base fee jumps above what the anchor offers: anvil evicts it, and refuses it again.
     c.chain.request("anvil_setNextBlockBaseFeePerGas", [hex(offered * 3)])
@@ -328,11 +331,8 @@ def test_a_base_fee_above_the_anchors_fees_gets_it_re_signed(
 
 def test_fees_stop_at_the_cap(anvil_chain: DeployedChain, storage: Storage, tmp_path: Path) -> None:
     c = anvil_chain
-    anchoring = job(c, storage, tmp_path, anchor_max_fee_gwei=1)
-    c.chain.request("evm_setAutomine", [False])
-    size = grow(storage)
-    anchoring.anchor_due(NOW_MS)
-    (sent,) = anchors(storage)
+    anchoring, sent = pending_anchor(c, storage, tmp_path, anchor_max_fee_gwei=1)
+    size = storage.tree_size()
     assert _fees(sent)["max_fee_per_gas"] == 10**9  # the market asks more; 1 gwei is the cap
     anchoring.follow(NOW_MS + REPLACE_AFTER_MS)
     (waiting,) = anchors(storage)
@@ -354,11 +354,7 @@ def test_a_nonce_gap_is_filled(
     anvil_chain: DeployedChain, storage: Storage, tmp_path: Path
 ) -> None:
     c = anvil_chain
-    anchoring = job(c, storage, tmp_path)
-    c.chain.request("evm_setAutomine", [False])
-    grow(storage)
-    anchoring.anchor_due(NOW_MS)
-    (first,) = anchors(storage)
+    anchoring, first = pending_anchor(c, storage, tmp_path)
     # The account's nonce falls below the anchor's (a transaction before it was lost):
     # the anchor waits behind a gap that nothing will fill.
     c.chain.request("anvil_setNonce", [address_of(c.key), hex(first.nonce - 1)])
