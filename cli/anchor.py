@@ -284,8 +284,7 @@ def verify_anchors(
 ) -> AnchorVerdict:
     """Check every anchor of the log at ``log`` in ``contract`` on ``chain`` (see the module
     docstring). Raises LogUnavailableError when the log does not answer, ChainError when the
-    node fails; UsageError when
-    no anchoring address is given and the log names none."""
+    node fails, and UsageError when no anchoring address is given and the log names none."""
     base = log_url(log)
     contract = parse_address(contract, "--contract")
     report = Report(f"anchors of {base} on chain {chain.chain_id}")
