@@ -18,6 +18,7 @@ Imports web3, eth_account and eth_tester (this module alone), tlog and anchor's 
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -26,18 +27,24 @@ from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-import eth_tester.exceptions
-import requests
-from eth.exceptions import PyEVMError
-from eth_account import Account
-from eth_utils.exceptions import ValidationError as EthValidationError
-from web3 import Web3
-from web3.exceptions import TransactionNotFound, Web3Exception, Web3RPCError
-from web3.middleware import ExtraDataToPOAMiddleware
-from web3.providers.eth_tester import EthereumTesterProvider
+_RECURSION_LIMIT = sys.getrecursionlimit()
+"""The limit before web3's dependencies load: py_ecc and py-evm raise it to 100,000 when they
+are imported, which turns any deep recursion in this process (a deeply nested JSON body sent to
+the log server, say) from a RecursionError into a C stack overflow that kills the process.
+:func:`_restore_recursion_limit` puts it back after they load."""
 
-from anchor.artifact import creation_code, runtime_code
-from anchor.record import (
+import eth_tester.exceptions  # noqa: E402 -- after the limit is read
+import requests  # noqa: E402
+from eth.exceptions import PyEVMError  # noqa: E402
+from eth_account import Account  # noqa: E402
+from eth_utils.exceptions import ValidationError as EthValidationError  # noqa: E402
+from web3 import Web3  # noqa: E402
+from web3.exceptions import TransactionNotFound, Web3Exception, Web3RPCError  # noqa: E402
+from web3.middleware import ExtraDataToPOAMiddleware  # noqa: E402
+from web3.providers.eth_tester import EthereumTesterProvider  # noqa: E402
+
+from anchor.artifact import creation_code, runtime_code  # noqa: E402
+from anchor.record import (  # noqa: E402
     ANCHORED_TOPIC,
     AnchorRecord,
     decode_anchored_event,
@@ -45,9 +52,17 @@ from anchor.record import (
     origin_hash,
     parse_address,
 )
-from anchor.secret import AnchorKey
-from tlog.checkpoint import Checkpoint
-from tlog.errors import MalformedError
+from anchor.secret import AnchorKey  # noqa: E402
+from tlog.checkpoint import Checkpoint  # noqa: E402
+from tlog.errors import MalformedError  # noqa: E402
+
+
+def _restore_recursion_limit() -> None:
+    """Undo what importing py_ecc and py-evm does to the recursion limit (see above)."""
+    sys.setrecursionlimit(_RECURSION_LIMIT if _RECURSION_LIMIT < 100_000 else 1_000)
+
+
+_restore_recursion_limit()
 
 __all__ = [
     "IN_PROCESS",
@@ -248,7 +263,8 @@ class Chain:
         eth-tester chain) and read its chain ID; raises WrongChainError when it is not
         ``expected_chain_id``, ChainUnavailableError when the node cannot be reached."""
         if endpoint == IN_PROCESS:
-            w3 = Web3(EthereumTesterProvider())
+            w3 = Web3(EthereumTesterProvider())  # loads py-evm, the first time
+            _restore_recursion_limit()
         else:
             parts = urlsplit(endpoint)
             if parts.scheme not in ("http", "https") or not parts.hostname:

@@ -14,7 +14,8 @@ is checked against the chain too.
 The verifier package may not import anchor (web3 stays out of the verifier's install), so
 this command is assembled here, beside the ``verify`` commands of verifier.cli, with their
 conventions: human lines on stderr, ``--json`` on stdout, verifier.cli's exit codes.
-Imports anchor, tlog, verifier and httpx.
+Imports anchor, tlog, verifier and httpx; anchor.chain (and so web3, the ``[anchor]`` extra)
+only when one of these commands runs, so the other commands work without it.
 """
 
 from __future__ import annotations
@@ -26,19 +27,10 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from anchor.chain import (
-    Chain,
-    ChainError,
-    ChainUnavailableError,
-    NotAnchorContractError,
-    WrongChainError,
-    address_of,
-    find_anchors,
-)
 from anchor.record import AnchorRecord, encode_anchored_event, origin_hash, parse_address
 from anchor.secret import AnchorKey, AnchorKeyError
 from cli.client import LogUnavailableError, answer_json, get, log_url
@@ -56,6 +48,9 @@ from verifier.cli import (
     load_vkey,
 )
 from verifier.offline import Report
+
+if TYPE_CHECKING:
+    from anchor.chain import Chain
 
 __all__ = [
     "EVIDENCE_FORMAT",
@@ -285,6 +280,8 @@ def verify_anchors(
     """Check every anchor of the log at ``log`` in ``contract`` on ``chain`` (see the module
     docstring). Raises LogUnavailableError when the log does not answer, ChainError when the
     node fails, and UsageError when no anchoring address is given and the log names none."""
+    from anchor.chain import NotAnchorContractError, find_anchors  # noqa: PLC0415
+
     base = log_url(log)
     contract = parse_address(contract, "--contract")
     report = Report(f"anchors of {base} on chain {chain.chain_id}")
@@ -373,6 +370,9 @@ def _write_evidence(path: Path, forks: list[dict[str, Any]]) -> None:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
+    # web3 loads only for the anchor commands: the other verifier commands run without it.
+    from anchor.chain import Chain, ChainError, ChainUnavailableError, WrongChainError  # noqa: PLC0415
+
     log_keys = [load_vkey(k) for k in args.key]
     contract = _address(args.contract, "--contract")
     sender = None if args.sender is None else _address(args.sender, "--from")
@@ -510,6 +510,8 @@ def _read_key(args: argparse.Namespace) -> AnchorKey:
 
 
 def _run_deploy(args: argparse.Namespace) -> int:
+    from anchor.chain import Chain, ChainError, ChainUnavailableError, address_of  # noqa: PLC0415
+
     key = _read_key(args)
     try:
         chain = Chain.connect(args.rpc, expected_chain_id=args.chain_id)

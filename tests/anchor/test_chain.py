@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -127,3 +129,20 @@ def test_errors_never_hold_the_key(anchor_chain: DeployedChain) -> None:
     text = f"{caught.value!s} {caught.value!r}"
     assert "5e" * 32 not in text.lower()
     assert caught.value.__cause__ is None
+
+
+def test_loading_web3_leaves_the_recursion_limit_alone() -> None:
+    # py_ecc and py-evm raise it to 100,000 on import; left so, a deeply nested JSON body
+    # would overflow the C stack of the log server (a crash) instead of raising.
+    script = (
+        "import sys; before = sys.getrecursionlimit()\n"
+        "from anchor.chain import IN_PROCESS, Chain\n"
+        "Chain.connect(IN_PROCESS)\n"
+        "import web3, eth_account, eth_tester\n"
+        "print(before, sys.getrecursionlimit())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    before, after = done.stdout.split()
+    assert before == after == "1000"
