@@ -2,19 +2,22 @@
 #   make run    - set up what is missing, then run the log on http://127.0.0.1:8080
 #                 (data in ./meterlog-data; `meterlog demo` still shows the tlog core offline)
 #   make test   - set up what is missing, then run every check and the whole test suite
+#                 (including a rebuild of the anchor contract, compared with the committed one)
 # Everything else here is what those two need.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
 
-.PHONY: run test lint bench lock clean
+.PHONY: run test lint bench lock clean contract contract-check
 
-run: $(STAMP)
+run: $(STAMP) $(NODE_STAMP)
 	$(BIN)/meterlog serve
 
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
+	node anchor/solidity/build.cjs --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -42,5 +45,20 @@ $(STAMP): pyproject.toml requirements/lock.txt
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# The Node tools of anchoring, exactly as package-lock.json pins them: solc (the anchor
+# contract's compiler) and anvil (the local Ethereum chain the tests start). anvil's binary
+# comes in its platform package from the npm registry, so no install script is needed.
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+# Rebuild the anchor contract's ABI and bytecode from its source (then commit them), or
+# check that the committed ones are exactly what the pinned compiler builds (make test does).
+contract: $(NODE_STAMP)
+	node anchor/solidity/build.cjs
+
+contract-check: $(NODE_STAMP)
+	node anchor/solidity/build.cjs --check
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis demo
+	rm -rf $(VENV) node_modules .mypy_cache .pytest_cache .ruff_cache .hypothesis demo

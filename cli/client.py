@@ -1,9 +1,9 @@
 """The command line's HTTP client for a running log: URLs, requests, and what failures mean.
 
-Owns talking to a log over HTTP for the ``edge`` and ``receipt`` commands (httpx, sync): the
-``--log`` URL, one POST helper, and the line between "the log refused" (an answer, 4xx, exit
-1) and "the log is unavailable" (no answer, a timeout, or 5xx: :class:`LogUnavailableError`,
-exit 3). Imports httpx and verifier.cli (for UsageError).
+Owns talking to a log over HTTP for the ``edge``, ``receipt`` and ``verify anchor`` commands
+(httpx, sync): the ``--log`` URL, a POST and a GET helper, and the line between "the log
+refused" (an answer, 4xx, exit 1) and "the log is unavailable" (no answer, a timeout, or 5xx:
+:class:`LogUnavailableError`, exit 3). Imports httpx and verifier.cli (for UsageError).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import httpx
 
 from verifier.cli import UsageError
 
-__all__ = ["LogUnavailableError", "answer_json", "error_text", "log_url", "post"]
+__all__ = ["LogUnavailableError", "answer_json", "error_text", "get", "log_url", "post"]
 
 USER_AGENT = "meterlog-cli"
 
@@ -48,6 +48,18 @@ def post(
         headers["Authorization"] = f"Bearer {token}"
     try:
         response = httpx.post(url, content=content, headers=headers, timeout=timeout_s)
+    except httpx.TransportError as exc:
+        raise LogUnavailableError(f"{url}: {type(exc).__name__}: {exc}") from exc
+    if response.status_code >= 500:
+        raise LogUnavailableError(f"{url}: HTTP {response.status_code}: {error_text(response)}")
+    return response
+
+
+def get(url: str, client: httpx.Client) -> httpx.Response:
+    """GET with ``client``; the response if the log answered below 500, else
+    LogUnavailableError."""
+    try:
+        response = client.get(url)
     except httpx.TransportError as exc:
         raise LogUnavailableError(f"{url}: {type(exc).__name__}: {exc}") from exc
     if response.status_code >= 500:

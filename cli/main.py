@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from cli.anchor import add_anchor_commands, add_verify_anchor_command
 from cli.demo import add_demo_command
 from cli.edge import add_edge_commands
 from cli.keys import add_keygen_command
@@ -32,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_verify_commands(commands)
     add_receipts_commands(commands)
     add_witness_commands(commands)
+    add_verify_anchor_command(commands.choices["verify"])
+    add_anchor_commands(commands)
     add_demo_command(commands)
     return parser
 

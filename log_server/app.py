@@ -16,7 +16,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, TypeVar
 
 import orjson
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -63,6 +64,9 @@ from tlog.tiles import (
     tile_hash_indexes,
 )
 
+if TYPE_CHECKING:
+    from log_server.anchoring import Anchoring
+
 __all__ = ["create_app"]
 
 _IMMUTABLE = "public, max-age=31536000, immutable"
@@ -93,6 +97,8 @@ class _State:
     """Receipts of submissions between arrival and answer (checked, pooled or answered):
     kept at most ``max_pending``, so the work queued in the server is bounded too."""
     witnessing: Witnessing | None = None
+    anchoring: Anchoring | None = None
+    """The anchoring job, when --anchor-rpc is set (log_server.anchoring)."""
 
 
 _T = TypeVar("_T")
@@ -562,12 +568,40 @@ async def get_edge_keys(request: Request) -> Response:
 async def healthz(request: Request) -> Response:
     state = _state(request)
     latest = await asyncio.to_thread(state.storage.latest_checkpoint)
+    body: dict[str, object] = {
+        "ok": latest is not None,
+        "tree_size": 0 if latest is None else latest.tree_size,
+        "checkpoint_age_ms": None if latest is None else _now_ms() - latest.signed_at_ms,
+        "pending": state.pool.pending,
+    }
+    if state.anchoring is not None:
+        tree_size = 0 if latest is None else latest.tree_size
+        body["anchor"] = await asyncio.to_thread(state.anchoring.status, tree_size, _now_ms())
+    return _JSON(body)
+
+
+async def get_anchors(request: Request) -> Response:
+    """The anchors the log sent, oldest first (paged by ``after``, an id; ``status`` picks
+    one status), and where it anchors; ``anchoring`` is null when it does not."""
+    from log_server.anchoring import ANCHOR_STATUSES, anchor_json  # noqa: PLC0415
+
+    state = _state(request)
+    after = _query_int(request, "after", 0)
+    limit = _query_int(request, "limit", 100)
+    if not 1 <= limit <= state.config.page_limit:
+        raise MalformedError("limit", f"must be in 1..{state.config.page_limit}")
+    status = request.query_params.get("status")
+    if status is not None and status not in ANCHOR_STATUSES:
+        raise MalformedError("status", f"not one of {', '.join(ANCHOR_STATUSES)}")
+    anchors = await asyncio.to_thread(
+        state.storage.anchors.list, after, limit, () if status is None else (status,)
+    )
+    anchoring = None if state.anchoring is None else state.anchoring.describe()
     return _JSON(
         {
-            "ok": latest is not None,
-            "tree_size": 0 if latest is None else latest.tree_size,
-            "checkpoint_age_ms": None if latest is None else _now_ms() - latest.signed_at_ms,
-            "pending": state.pool.pending,
+            "anchoring": anchoring,
+            "anchors": [anchor_json(a) for a in anchors],
+            "next_after": anchors[-1].id if len(anchors) == limit else None,
         }
     )
 
@@ -605,6 +639,77 @@ async def _bad_json(request: Request, exc: Exception) -> Response:
     return _error(400, "body", f"not valid JSON or UTF-8: {exc}")
 
 
+async def _start_anchoring(
+    config: Config, storage: Storage, thread: ThreadPoolExecutor
+) -> Anchoring | None:
+    """The anchoring job if --anchor-rpc is set, checked against the chain on ``thread``:
+    a wrong chain or contract raises, and the app does not start."""
+    if config.anchor_rpc is None:
+        return None
+    from log_server.anchoring import Anchoring  # noqa: PLC0415 -- web3 only when anchoring
+
+    anchoring = Anchoring(config, storage, config.origin)
+    await asyncio.get_running_loop().run_in_executor(thread, anchoring.start)
+    return anchoring
+
+
+def _schedule_anchoring(
+    anchoring: Anchoring,
+    config: Config,
+    scheduler: AsyncIOScheduler,
+    thread: ThreadPoolExecutor,
+) -> None:
+    """``anchor_due`` every ``anchor_interval_s`` (the first at once) and ``follow`` every
+    poll interval, both on ``thread``, so one at a time and never on the event loop."""
+    loop = asyncio.get_running_loop()
+
+    async def anchor_due() -> None:
+        await loop.run_in_executor(thread, lambda: anchoring.anchor_due(_now_ms()))
+
+    async def follow() -> None:
+        await loop.run_in_executor(thread, lambda: anchoring.follow(_now_ms()))
+
+    scheduler.add_job(
+        anchor_due,
+        "interval",
+        seconds=config.anchor_interval_s,
+        next_run_time=datetime.now(UTC),
+        max_instances=1,
+        coalesce=True,
+    )
+    scheduler.add_job(
+        follow, "interval", seconds=anchoring.poll_interval_s, max_instances=1, coalesce=True
+    )
+
+
+def _witnessing(config: Config, storage: Storage) -> Witnessing | None:
+    if config.witness_policy is None:
+        return None
+    policy = parse_policy(config.witness_policy.read_text(encoding="utf-8"))
+    return Witnessing(storage, policy, _now_s, config.witness_timeout_s)
+
+
+def _scheduler(
+    config: Config,
+    pool: Pool,
+    witnessing: Witnessing | None,
+    anchoring: Anchoring | None,
+    anchor_thread: ThreadPoolExecutor,
+) -> AsyncIOScheduler:
+    """The log's jobs: seal the pool, re-sign when idle, witnesses, anchors."""
+    scheduler = AsyncIOScheduler()
+    scheduler.add_job(pool.seal, "interval", seconds=config.pool_interval_s, max_instances=1)
+    scheduler.add_job(pool.resign, "interval", seconds=config.checkpoint_interval_s)
+    if witnessing is not None:
+        scheduler.add_job(
+            witnessing.submit_latest, "interval", seconds=config.witness_interval_s,
+            max_instances=1,
+        )  # fmt: skip
+    if anchoring is not None:
+        _schedule_anchoring(anchoring, config, scheduler, anchor_thread)
+    return scheduler
+
+
 def create_app(config: Config) -> Starlette:
     """The log as a Starlette app; storage and the scheduler live for the app's lifespan."""
 
@@ -615,6 +720,13 @@ def create_app(config: Config) -> Starlette:
         log = LogIdentity(config.origin, keys.log_key)
         if await asyncio.to_thread(storage.latest_checkpoint) is None:
             await asyncio.to_thread(sequence, storage, log, [], _now_ms())
+        anchor_thread = ThreadPoolExecutor(1, thread_name_prefix="meterlog-anchor")
+        try:
+            anchoring = await _start_anchoring(config, storage, anchor_thread)
+        except BaseException:  # a wrong chain or contract: the log does not start
+            anchor_thread.shutdown(wait=True)
+            storage.close()
+            raise
         metrics = Metrics()
 
         def sealed(seconds: float, checkpoint: StoredCheckpoint) -> None:
@@ -626,21 +738,19 @@ def create_app(config: Config) -> Starlette:
         )
         work = ThreadPoolExecutor(1, thread_name_prefix="meterlog-work")
         signatures = SignatureChecker(config.verify_processes, work)
-        witnessing = None
-        if config.witness_policy is not None:
-            policy = parse_policy(config.witness_policy.read_text(encoding="utf-8"))
-            witnessing = Witnessing(storage, policy, _now_s, config.witness_timeout_s)
+        witnessing = _witnessing(config, storage)
         app.state.log = _State(
-            config, storage, pool, keys, metrics, work, signatures, witnessing=witnessing
+            config,
+            storage,
+            pool,
+            keys,
+            metrics,
+            work,
+            signatures,
+            witnessing=witnessing,
+            anchoring=anchoring,
         )
-        scheduler = AsyncIOScheduler()
-        scheduler.add_job(pool.seal, "interval", seconds=config.pool_interval_s, max_instances=1)
-        scheduler.add_job(pool.resign, "interval", seconds=config.checkpoint_interval_s)
-        if witnessing is not None:
-            scheduler.add_job(
-                witnessing.submit_latest, "interval", seconds=config.witness_interval_s,
-                max_instances=1,
-            )  # fmt: skip
+        scheduler = _scheduler(config, pool, witnessing, anchoring, anchor_thread)
         scheduler.start()
         try:
             yield
@@ -651,6 +761,9 @@ def create_app(config: Config) -> Starlette:
             scheduler.shutdown(wait=False)
             if witnessing is not None:
                 await witnessing.aclose()
+            anchor_thread.shutdown(wait=True, cancel_futures=True)
+            if anchoring is not None:
+                await asyncio.to_thread(anchoring.close)
             pool.close()
             signatures.close()
             work.shutdown(wait=True)
@@ -668,6 +781,7 @@ def create_app(config: Config) -> Starlette:
         Route("/v1/proofs/consistency", get_consistency, methods=["GET"]),
         Route("/v1/entries", get_entries, methods=["GET"]),
         Route("/v1/edge-keys", get_edge_keys, methods=["GET"]),
+        Route("/v1/anchors", get_anchors, methods=["GET"]),
         Route("/v1/admin/edge-keys", admin_edge_key, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", get_metrics, methods=["GET"]),

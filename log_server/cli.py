@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from anchor.record import parse_address
+from anchor.secret import AnchorKey, AnchorKeyError
 from log_server.config import Config, DataDir
 from tlog.errors import MalformedError
 from tlog.note import ALG_ED25519, Verifier
@@ -54,6 +56,7 @@ __all__ = [
     "Option",
     "Settings",
     "add_serve_command",
+    "check_anchoring",
     "resolve_settings",
     "serve",
 ]
@@ -63,6 +66,8 @@ EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 
 ENV_PREFIX = "METERLOG_"
+ANCHOR_KEY_ENV = ENV_PREFIX + "ANCHOR_KEY"
+"""The anchoring key itself (hex), as an alternative to --anchor-key-file; no flag sets it."""
 DEFAULT_DATA_DIR = "./meterlog-data"
 MIN_TOKEN_LENGTH = 16
 
@@ -119,6 +124,39 @@ def _count(value: str) -> int:
         raise ValueError("not a whole number (0 or more)")
     if int(value) > 64:
         raise ValueError("more than 64")
+    return int(value)
+
+
+def _rpc(value: str) -> str:
+    if value == "eth-tester":
+        return value
+    if not value.startswith(("http://", "https://")) or len(value) <= len("https://"):
+        raise ValueError("neither an http(s):// JSON-RPC URL nor eth-tester")
+    return value
+
+
+def _chain_id(value: str) -> int:
+    if not value.isdigit() or str(int(value)) != value or int(value) == 0:
+        raise ValueError("not a positive decimal chain ID")
+    return int(value)
+
+
+def _address(value: str) -> str:
+    try:
+        return parse_address(value)
+    except MalformedError:
+        raise ValueError("not an Ethereum address (0x and 40 hex digits)") from None
+
+
+def _confirmations(value: str) -> int:
+    if not value.isdigit() or str(int(value)) != value or not 1 <= int(value) <= 1000:
+        raise ValueError("not a whole number in 1..1000")
+    return int(value)
+
+
+def _gwei(value: str) -> int:
+    if not value.isdigit() or str(int(value)) != value or not 1 <= int(value) <= 10**6:
+        raise ValueError("not a whole number of gwei in 1..1000000")
     return int(value)
 
 
@@ -195,6 +233,27 @@ OPTIONS: tuple[Option, ...] = (
            _witness_policy, (str,), None, "witness_policy", "none"),
     Option("witness_interval", "S", "seconds between rounds of witness submissions",
            _seconds, (int, float), "1", "witness_interval_s"),
+    Option("anchor_rpc", "URL", "anchor checkpoints on this chain: an http(s) JSON-RPC URL, "
+           "or eth-tester (an in-process demo chain)", _rpc, (str,), None, "anchor_rpc",
+           "no anchoring"),
+    Option("anchor_chain_id", "ID", "the chain ID the anchoring node must report (required "
+           "with a URL; the log refuses to start on another chain)", _chain_id, (int,), None,
+           "anchor_chain_id"),
+    Option("anchor_contract", "ADDR", "the anchor contract's address (meterlog anchor "
+           "deploy); required with a URL", _address, (str,), None, "anchor_contract",
+           "deployed at start on eth-tester"),
+    Option("anchor_key_file", "FILE", "a file (mode 0600) holding the private key that signs "
+           f"anchors; or put the key in {ANCHOR_KEY_ENV}", _path, (str,), None),
+    Option("anchor_interval", "S", "seconds between anchors (one is sent only if the tree "
+           "grew)", _seconds, (int, float), "3600", "anchor_interval_s"),
+    Option("anchor_confirmations", "N", "blocks that must hold an anchor before it is final",
+           _confirmations, (int,), "12", "anchor_confirmations"),
+    Option("anchor_poll_interval", "S", "seconds between checks of the anchor in flight",
+           _seconds, (int, float), "15", "anchor_poll_interval_s"),
+    Option("anchor_replace_after", "S", "seconds an anchor may wait unmined before it is "
+           "re-sent with higher fees", _seconds, (int, float), "180", "anchor_replace_after_s"),
+    Option("anchor_max_fee_gwei", "GWEI", "the most an anchor may pay per unit of gas",
+           _gwei, (int,), "500", "anchor_max_fee_gwei"),
 )  # fmt: skip
 _BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -282,11 +341,67 @@ def resolve_settings(flags: Mapping[str, str | None], environ: Mapping[str, str]
 
     token_file = values["operator_token_file"]
     token = _read_token(token_file) if isinstance(token_file, Path) else None
+    anchor_key = _anchor_key(values["anchor_key_file"], environ.get(ANCHOR_KEY_ENV))
     fields = {o.field: values[o.name] for o in OPTIONS if o.field is not None}
-    config = Config(operator_token=token, **fields)  # type: ignore[arg-type]
+    config = Config(operator_token=token, anchor_key=anchor_key, **fields)  # type: ignore[arg-type]
     if not isinstance(token_file, Path):
         token_file = config.data_dir / "operator.token"
     return Settings(config, token_file)
+
+
+def _anchor_key(path: object, env_value: str | None) -> AnchorKey | None:
+    """The anchoring key, from --anchor-key-file or the environment; never both. Errors
+    name the file or the variable, never the key."""
+    if isinstance(path, Path) and env_value:
+        raise ConfigError(
+            f"the anchoring key is given twice: --anchor-key-file and {ANCHOR_KEY_ENV}"
+        )
+    try:
+        if isinstance(path, Path):
+            return AnchorKey.from_file(path)
+        if env_value:
+            return AnchorKey.from_env(ANCHOR_KEY_ENV, env_value)
+    except AnchorKeyError as exc:
+        raise ConfigError(str(exc)) from None
+    return None
+
+
+def check_anchoring(config: Config) -> None:
+    """The anchoring settings that only make sense together (``serve`` checks them before it
+    starts; :func:`resolve_settings` checks each setting alone). Raises ConfigError."""
+    rpc = config.anchor_rpc
+    if rpc is None:
+        given = [
+            name
+            for name, value in (
+                ("--anchor-chain-id", config.anchor_chain_id),
+                ("--anchor-contract", config.anchor_contract),
+                ("the anchoring key", config.anchor_key),
+            )
+            if value is not None
+        ]
+        if given:
+            raise ConfigError(f"{given[0]} is set, but --anchor-rpc is not")
+        return
+    if rpc == "eth-tester":
+        if config.anchor_contract is not None:
+            raise ConfigError("--anchor-contract: the eth-tester chain deploys its own contract")
+        return
+    for name, value in (
+        ("--anchor-chain-id", config.anchor_chain_id),
+        ("--anchor-contract", config.anchor_contract),
+        (f"--anchor-key-file (or {ANCHOR_KEY_ENV})", config.anchor_key),
+    ):
+        if value is None:
+            raise ConfigError(f"{name} is required with --anchor-rpc {_display_rpc(rpc)}")
+
+
+def _display_rpc(rpc: str) -> str:
+    """An RPC URL as messages show it: without its path, which often holds an API key."""
+    if rpc == "eth-tester":
+        return "the in-process eth-tester chain"
+    scheme, _, rest = rpc.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0].rpartition('@')[2]}"
 
 
 def _read_token(path: Path) -> str:
@@ -335,9 +450,28 @@ def _announce(settings: Settings, port: int) -> None:
         f"                  (in {vkey_path}; verifiers need it)",
         f"  operator token: {settings.operator_token_file}",
         f"  data dir:       {config.data_dir}",
-        "  stop with Ctrl-C",
     ]
+    if config.anchor_rpc is not None:
+        lines.append(
+            f"  anchoring:      on {_display_rpc(config.anchor_rpc)} every "
+            f"{config.anchor_interval_s:g} s, final after {config.anchor_confirmations} "
+            "block(s); see /v1/anchors"
+        )
+    lines.append("  stop with Ctrl-C")
     print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _check_chain(config: Config) -> None:
+    """Refuse to start on another chain than --anchor-chain-id, or without the contract;
+    an unreachable node only warns (the anchoring job keeps trying)."""
+    from log_server.anchoring import AnchoringRefusedError, preflight  # noqa: PLC0415
+
+    try:
+        warning = preflight(config)
+    except AnchoringRefusedError as exc:
+        raise ConfigError(f"anchoring: {exc}") from None
+    if warning is not None:
+        print(f"meterlog serve: {warning}", file=sys.stderr, flush=True)
 
 
 def serve(settings: Settings) -> int:
@@ -347,6 +481,8 @@ def serve(settings: Settings) -> int:
         DataDir.prepare(config)
     except (OSError, ValueError) as exc:  # MalformedError is a ValueError
         raise ConfigError(f"data dir {config.data_dir}: {exc}") from exc
+    if config.anchor_rpc is not None:
+        _check_chain(config)
     sock = _listen(config.host, config.port)
     port: int = sock.getsockname()[1]
     # A seal that outlasts pool_interval_s makes APScheduler skip the next one, by design
@@ -384,7 +520,9 @@ def serve(settings: Settings) -> int:
 def _run(args: argparse.Namespace) -> int:
     flags = {option.name: getattr(args, option.name) for option in OPTIONS}
     try:
-        return serve(resolve_settings(flags, os.environ))
+        settings = resolve_settings(flags, os.environ)
+        check_anchoring(settings.config)
+        return serve(settings)
     except ConfigError as exc:
         print(f"meterlog serve: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -12,6 +12,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from anchor.secret import AnchorKey
 from tlog.note import SigningKey, format_skey, format_vkey, parse_skey
 
 __all__ = ["Config", "DataDir"]
@@ -44,6 +45,20 @@ class Config:
     lines with URLs) and the ``quorum`` a checkpoint needs before GET /checkpoint serves it."""
     witness_interval_s: float = 1.0
     witness_timeout_s: float = 10.0
+    anchor_rpc: str | None = None
+    """The chain to anchor checkpoints on: an http(s) JSON-RPC URL, or ``eth-tester`` (an
+    in-process chain, for demos); None: no anchoring."""
+    anchor_chain_id: int | None = None
+    """The chain ID the node must report; required with a URL, refused at start if wrong."""
+    anchor_contract: str | None = None
+    """The anchor contract's address (lowercase 0x); deployed at start on eth-tester."""
+    anchor_key: AnchorKey | None = None
+    """The private key that signs anchors (from a file or METERLOG_ANCHOR_KEY)."""
+    anchor_interval_s: float = 3600.0
+    anchor_confirmations: int = 12
+    anchor_poll_interval_s: float = 15.0
+    anchor_replace_after_s: float = 180.0
+    anchor_max_fee_gwei: int = 500
 
     @property
     def db_url(self) -> str:

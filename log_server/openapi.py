@@ -190,6 +190,25 @@ OPENAPI: dict[str, Any] = {
             _TEXT,
         ),
         "/v1/edge-keys": _get("The edge-key registry as the log stands", [], _JSON),
+        "/v1/anchors": _get(
+            "Anchors of checkpoints on an Ethereum chain, oldest first, and where the log "
+            "anchors (anchoring is null when it does not)",
+            [
+                _int("after", "the last id already seen"),
+                _int("limit", "page size"),
+                {
+                    "name": "status",
+                    "in": "query",
+                    "required": False,
+                    "description": "only anchors in this state",
+                    "schema": {
+                        "type": "string",
+                        "enum": ["pending", "mined", "final", "dropped", "failed"],
+                    },
+                },
+            ],
+            _JSON,
+        ),
         "/v1/admin/edge-keys": {
             "post": {
                 "summary": "Register, rotate or revoke an edge key (operator bearer token)",

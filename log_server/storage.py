@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,7 +41,14 @@ from playhouse.db_url import connect
 
 from tlog.errors import MalformedError
 
-__all__ = ["CosignatureRecord", "EdgeKeyRecord", "EntryRecord", "Storage", "StoredCheckpoint"]
+__all__ = [
+    "CosignatureRecord",
+    "EdgeKeyRecord",
+    "EntryRecord",
+    "Storage",
+    "StoredAnchor",
+    "StoredCheckpoint",
+]
 
 _SEQUENCER_LOCK_ID = 0x6D657465726C6F67  # "meterlog"
 _CHUNK = 500
@@ -231,6 +238,8 @@ class Storage:
         self.db = db
         self._t = _schema(db)
         db.create_tables(self._t.all, safe=True)
+        self.anchors = AnchorTables(db)
+        """The anchoring job's records (see :class:`AnchorTables`)."""
 
     @classmethod
     def open(cls, url: str) -> Storage:
@@ -520,3 +529,173 @@ _T = TypeVar("_T")
 def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
     for i in range(0, len(items), _CHUNK):
         yield items[i : i + _CHUNK]
+
+
+# -- anchors ------------------------------------------------------------------------------
+
+ANCHOR_OPEN = ("pending", "mined")
+"""Anchor statuses the anchoring job still follows; the others are ``final``, ``dropped``
+(its nonce went to another transaction) and ``failed`` (the node refused it, or it was mined
+but the call reverted)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAnchor:
+    """One anchor the log sent: a checkpoint's (tree_size, root_hash) in a transaction on
+    ``chain_id`` to ``contract`` from ``sender``, and how far it got.
+
+    ``tx_hash``/``raw_tx``/``fees_json`` are the current attempt; ``tx_hashes`` every attempt
+    (fee replacements share the nonce, and any one of them may be the one mined).
+    """
+
+    tree_size: int
+    root_hash: bytes
+    status: str
+    chain_id: int
+    contract: str
+    sender: str
+    nonce: int
+    tx_hash: bytes
+    tx_hashes: tuple[bytes, ...]
+    raw_tx: bytes
+    fees_json: str
+    gas_limit: int
+    sent_at_ms: int
+    attempt_at_ms: int
+    block_number: int | None = None
+    block_hash: bytes | None = None
+    log_index: int | None = None
+    gas_used: int | None = None
+    final_at_ms: int | None = None
+    reorgs: int = 0
+    """How many times the block that held it left the canonical chain."""
+    problem: str | None = None
+    """The last thing that went wrong with it (a replacement, a reorg, a drop), if any."""
+    id: int = 0
+    """Set by :meth:`AnchorTables.add`."""
+
+
+_ANCHOR_FIELDS = tuple(f for f in StoredAnchor.__dataclass_fields__ if f != "id")
+
+
+class AnchorTables:
+    """The anchors table, and the lease that lets one server process at a time anchor.
+
+    Writes are single statements or short transactions of their own, never inside the
+    sequencer's: anchoring never holds up sequencing.
+    """
+
+    def __init__(self, db: peewee.Database) -> None:
+        class Anchor(peewee.Model):
+            id = peewee.AutoField()
+            tree_size = peewee.BigIntegerField()
+            root_hash = peewee.BlobField()
+            status = peewee.TextField(index=True)
+            chain_id = peewee.BigIntegerField()
+            contract = peewee.TextField()
+            sender = peewee.TextField()
+            nonce = peewee.BigIntegerField()
+            tx_hash = peewee.BlobField()
+            tx_hashes = peewee.BlobField()
+            raw_tx = peewee.BlobField()
+            fees_json = peewee.TextField()
+            gas_limit = peewee.BigIntegerField()
+            sent_at_ms = peewee.BigIntegerField()
+            attempt_at_ms = peewee.BigIntegerField()
+            block_number = peewee.BigIntegerField(null=True)
+            block_hash = peewee.BlobField(null=True)
+            log_index = peewee.BigIntegerField(null=True)
+            gas_used = peewee.BigIntegerField(null=True)
+            final_at_ms = peewee.BigIntegerField(null=True)
+            reorgs = peewee.IntegerField(default=0)
+            problem = peewee.TextField(null=True)
+
+            class Meta:
+                database = db
+                table_name = "anchors"
+
+        class Lease(peewee.Model):
+            name = peewee.TextField(primary_key=True)
+            holder = peewee.TextField()
+            expires_at_ms = peewee.BigIntegerField()
+
+            class Meta:
+                database = db
+                table_name = "leases"
+
+        self._db = db
+        self._anchor = Anchor
+        self._lease = Lease
+        db.create_tables([Anchor, Lease], safe=True)
+
+    def _row(self, anchor: StoredAnchor) -> dict[str, Any]:
+        row = {name: getattr(anchor, name) for name in _ANCHOR_FIELDS}
+        row["tx_hashes"] = b"".join(anchor.tx_hashes)
+        return row
+
+    def _anchor_of(self, row: Any) -> StoredAnchor:
+        values = {name: getattr(row, name) for name in _ANCHOR_FIELDS}
+        for name in ("root_hash", "tx_hash", "raw_tx", "block_hash"):
+            if values[name] is not None:
+                values[name] = bytes(values[name])
+        hashes = bytes(row.tx_hashes)
+        values["tx_hashes"] = tuple(hashes[i : i + 32] for i in range(0, len(hashes), 32))
+        return StoredAnchor(id=row.id, **values)
+
+    def add(self, anchor: StoredAnchor) -> StoredAnchor:
+        """Store a new anchor; it, with its id."""
+        row_id = self._anchor.insert(**self._row(anchor)).execute()
+        return replace(anchor, id=int(row_id))
+
+    def update(self, anchor: StoredAnchor) -> None:
+        """Store ``anchor``'s new state (found by its id)."""
+        model = self._anchor
+        model.update(**self._row(anchor)).where(model.id == anchor.id).execute()
+
+    def list(
+        self, after_id: int = 0, limit: int = 100, statuses: Sequence[str] = ()
+    ) -> list[StoredAnchor]:
+        """Anchors oldest first, after ``after_id``, optionally only of ``statuses``."""
+        model = self._anchor
+        query = model.select().where(model.id > after_id)
+        if statuses:
+            query = query.where(model.status.in_(list(statuses)))
+        return [self._anchor_of(row) for row in query.order_by(model.id).limit(limit)]
+
+    def latest(self, statuses: Sequence[str] = ()) -> StoredAnchor | None:
+        """The newest anchor (of ``statuses``, if given)."""
+        model = self._anchor
+        query = model.select()
+        if statuses:
+            query = query.where(model.status.in_(list(statuses)))
+        row = query.order_by(model.id.desc()).first()
+        return None if row is None else self._anchor_of(row)
+
+    def claim(self, name: str, holder: str, now_ms: int, lease_ms: int) -> bool:
+        """Take or renew the lease ``name`` for ``holder`` until ``now_ms + lease_ms``; False
+        while another holder's lease runs. One short transaction."""
+        lease = self._lease
+        sqlite = isinstance(self._db, peewee.SqliteDatabase)
+        try:
+            # SQLite: IMMEDIATE takes the write lock now; PostgreSQL: FOR UPDATE locks the row.
+            with self._db.atomic("IMMEDIATE") if sqlite else self._db.atomic():
+                query = lease.select().where(lease.name == name)
+                row = (query if sqlite else query.for_update()).first()
+                if row is None:
+                    lease.insert(
+                        name=name, holder=holder, expires_at_ms=now_ms + lease_ms
+                    ).execute()
+                    return True
+                if row.holder != holder and row.expires_at_ms > now_ms:
+                    return False
+                lease.update(holder=holder, expires_at_ms=now_ms + lease_ms).where(
+                    lease.name == name
+                ).execute()
+                return True
+        except peewee.IntegrityError:
+            return False  # another process inserted the lease first
+
+    def release(self, name: str, holder: str) -> None:
+        """Give the lease up now (on shutdown), if ``holder`` has it."""
+        lease = self._lease
+        lease.delete().where((lease.name == name) & (lease.holder == holder)).execute()

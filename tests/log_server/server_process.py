@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +98,7 @@ def start_server(
     pool_interval_s: float = 0.05,
     checkpoint_interval_s: float = 3600.0,
     extra_args: Sequence[str] = (),
+    extra_env: Mapping[str, str] | None = None,
 ) -> ServerProcess:
     """Start ``meterlog serve`` on a free loopback port and return once /healthz says ok.
 
@@ -130,7 +131,11 @@ def start_server(
     argv += extra_args
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_environment()
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env={**_environment(), **(extra_env or {})},
         )
     server = ServerProcess(process, "", data_dir, log_path)
     try:

@@ -25,6 +25,7 @@ import pytest
 
 import cli.receipt
 import verifier.cli
+from anchor.secret import AnchorKey
 from cli.main import main
 from cli.receipt import proof_file_name
 from log_server import cli as serve_cli
@@ -103,6 +104,20 @@ LAYERS: dict[str, tuple[str, str, str, str, tuple[object, object, object]]] = {
     "witness_policy": ('"t.policy"', "e.policy", "f.policy", "config.witness_policy",
                        (Path("t.policy"), Path("e.policy"), Path("f.policy"))),
     "witness_interval": ("2", "3.5", "4", "config.witness_interval_s", (2.0, 3.5, 4.0)),
+    "anchor_rpc": ('"eth-tester"', "http://e:1", "https://f:2/k", "config.anchor_rpc",
+                   ("eth-tester", "http://e:1", "https://f:2/k")),
+    "anchor_chain_id": ("1", "2", "3", "config.anchor_chain_id", (1, 2, 3)),
+    "anchor_contract": ('"0x' + "aa" * 20 + '"', "0x" + "BB" * 20, "0x" + "cc" * 20,
+                        "config.anchor_contract",
+                        ("0x" + "aa" * 20, "0x" + "bb" * 20, "0x" + "cc" * 20)),
+    "anchor_key_file": ('"t.key"', "e.key", "f.key", "config.anchor_key",
+                        tuple(AnchorKey(bytes([n]) * 32) for n in (1, 2, 3))),
+    "anchor_interval": ("60", "2.5", "0.5", "config.anchor_interval_s", (60.0, 2.5, 0.5)),
+    "anchor_confirmations": ("1", "2", "64", "config.anchor_confirmations", (1, 2, 64)),
+    "anchor_poll_interval": ("1", "2", "3", "config.anchor_poll_interval_s", (1.0, 2.0, 3.0)),
+    "anchor_replace_after": ("10", "20", "30", "config.anchor_replace_after_s",
+                             (10.0, 20.0, 30.0)),
+    "anchor_max_fee_gwei": ("1", "2", "3", "config.anchor_max_fee_gwei", (1, 2, 3)),
 }  # fmt: skip
 
 
@@ -117,6 +132,9 @@ def test_flags_beat_environment_beat_toml_beat_defaults(name: str) -> None:
         Path(token_file).write_text(f"token-from-{token_file}-0123456789\n", encoding="utf-8")
     for policy_file in ("t.policy", "e.policy", "f.policy"):
         Path(policy_file).write_text("quorum none\n", encoding="utf-8")
+    for n, key_file in enumerate(("t.key", "e.key", "f.key"), start=1):
+        Path(key_file).write_text(f"{n:02x}" * 32 + "\n", encoding="ascii")
+        Path(key_file).chmod(0o600)
     toml_value, env_value, flag_value, where, expected = LAYERS[name]
     env_name = next(o.env for o in OPTIONS if o.name == name)
     Path("serve.toml").write_text(f"{name} = {toml_value}\n", encoding="utf-8")
