@@ -180,11 +180,11 @@ def _run_submit(args: argparse.Namespace) -> int:
                 f"({len(stored) - sum(stored)} were spooled before) in {directory}",
                 file=sys.stderr,
             )
-            submitter = _submitter(args, spool)
-            try:
-                submitter.drain(_sleep, give_up_after=args.retries)
-            except (LogMisbehaviourError, LogRefusedError, LogUnavailableError) as exc:
-                status = _failure_status(exc)
+            with _submitter(args, spool) as submitter:
+                try:
+                    submitter.drain(_sleep, give_up_after=args.retries)
+                except (LogMisbehaviourError, LogRefusedError, LogUnavailableError) as exc:
+                    status = _failure_status(exc)
             rows = [spool.receipt(r.edge, r.request_id) for r in receipts]
     except SpoolBusyError as exc:
         raise UsageError(str(exc)) from exc
@@ -228,21 +228,21 @@ def _run_run(args: argparse.Namespace) -> int:
     directory = _spool_dir(args, must_exist=True)
     try:
         with submitter_lock(directory), _open_spool(args, must_exist=True) as spool:
-            submitter = _submitter(args, spool)
-            print(
-                f"meterlog: draining {directory} into {submitter.log_url} "
-                f"({spool.status().pending} pending); stop with Ctrl-C",
-                file=sys.stderr,
-            )
-            try:
-                if args.exit_when_drained:
-                    submitter.drain(stop.wait)
-                else:
-                    submitter.run(stop)
-            except (LogMisbehaviourError, LogRefusedError, LogUnavailableError) as exc:
-                return _failure_status(exc)
-            except KeyboardInterrupt:
-                pass
+            with _submitter(args, spool) as submitter:
+                print(
+                    f"meterlog: draining {directory} into {submitter.log_url} "
+                    f"({spool.status().pending} pending); stop with Ctrl-C",
+                    file=sys.stderr,
+                )
+                try:
+                    if args.exit_when_drained:
+                        submitter.drain(stop.wait)
+                    else:
+                        submitter.run(stop)
+                except (LogMisbehaviourError, LogRefusedError, LogUnavailableError) as exc:
+                    return _failure_status(exc)
+                except KeyboardInterrupt:
+                    pass
             left = spool.status().pending
     except SpoolBusyError as exc:
         raise UsageError(str(exc)) from exc

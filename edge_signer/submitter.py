@@ -250,6 +250,7 @@ class Submitter:
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
             headers={"User-Agent": USER_AGENT},
         )
+        self._owns_client = client is None
         self.batch_size = batch_size
         self.max_batch_bytes = max_batch_bytes
         self.batch_wait_s = batch_wait_s
@@ -261,6 +262,17 @@ class Submitter:
         stored = spool.get_meta(CHECKPOINT_META)
         if stored is not None:
             self._latest = open_checkpoint(stored, [log_key], origin=origin)
+
+    def close(self) -> None:
+        """Close the HTTP client, if the submitter made it."""
+        if self._owns_client:
+            self.client.close()
+
+    def __enter__(self) -> Submitter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- one batch ----------------------------------------------------------------------------
 
@@ -277,11 +289,12 @@ class Submitter:
         response = self._post(batch)
         if response.status_code == 413 and len(batch) > 1:
             self.batch_size = max(1, len(batch) // 2)
-            raise LogUnavailableError(
-                f"the log refused a batch of {len(batch)} as too large; now sending "
-                f"{self.batch_size}",
-                retry_after_s=0.0,
+            log.warning(
+                "the log refused a batch of %d as too large; sending %d at a time",
+                len(batch),
+                self.batch_size,
             )
+            return self.submit_batch()
         if response.status_code not in (200, 422):
             raise LogRefusedError(
                 f"{self.log_url}{SUBMIT_PATH}: HTTP {response.status_code}: {response.text[:300]}"
