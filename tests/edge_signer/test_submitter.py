@@ -534,10 +534,9 @@ def test_a_conflicting_request_id_is_recorded_as_such(log: ServerProcess, tmp_pa
 
 
 def test_one_submitter_per_spool(tmp_path: Path) -> None:
-    with submitter_lock(tmp_path):
-        with pytest.raises(SpoolBusyError), submitter_lock(tmp_path):
-            pass
-    with submitter_lock(tmp_path):
+    with submitter_lock(tmp_path), pytest.raises(SpoolBusyError), submitter_lock(tmp_path):
+        pass
+    with submitter_lock(tmp_path):  # released when the first holder let go
         pass
 
 
