@@ -97,12 +97,17 @@ def _open_spool(args: argparse.Namespace, *, must_exist: bool) -> Iterator[Spool
         yield spool
 
 
-def _submitter(args: argparse.Namespace, spool: Spool) -> Submitter:
-    log_key: Verifier = load_vkey(args.log_key, "--log-key")
+def _log_target(args: argparse.Namespace) -> tuple[str, Verifier]:
+    """The --log URL and --log-key, checked before anything is touched."""
+    return log_url(args.log), load_vkey(args.log_key, "--log-key")
+
+
+def _submitter(args: argparse.Namespace, spool: Spool, target: tuple[str, Verifier]) -> Submitter:
+    url, log_key = target
     try:
         return Submitter(
             spool,
-            log_url(args.log),
+            url,
             log_key,
             origin=args.origin,
             batch_size=args.batch_size,
@@ -163,6 +168,7 @@ def _read_receipts(path: str) -> tuple[list[SignedReceipt], list[str]]:
 
 def _run_submit(args: argparse.Namespace) -> int:
     _say_logs()
+    target = _log_target(args)
     receipts, bad = _read_receipts(args.file)
     for line in bad:
         print(f"  rejected  {line}", file=sys.stderr)
@@ -180,7 +186,7 @@ def _run_submit(args: argparse.Namespace) -> int:
                 f"({len(stored) - sum(stored)} were spooled before) in {directory}",
                 file=sys.stderr,
             )
-            with _submitter(args, spool) as submitter:
+            with _submitter(args, spool, target) as submitter:
                 try:
                     submitter.drain(_sleep, give_up_after=args.retries)
                 except (LogMisbehaviourError, LogRefusedError, LogUnavailableError) as exc:
@@ -224,11 +230,12 @@ def _run_run(args: argparse.Namespace) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    previous = signal.signal(signal.SIGTERM, on_signal)
+    target = _log_target(args)
     directory = _spool_dir(args, must_exist=True)
+    previous = signal.signal(signal.SIGTERM, on_signal)
     try:
         with submitter_lock(directory), _open_spool(args, must_exist=True) as spool:
-            with _submitter(args, spool) as submitter:
+            with _submitter(args, spool, target) as submitter:
                 print(
                     f"meterlog: draining {directory} into {submitter.log_url} "
                     f"({spool.status().pending} pending); stop with Ctrl-C",
