@@ -14,7 +14,7 @@ For a request to a path in the catalog:
 2. The request id: an upstream tier's id (the ``request_id_header`` from a client address
    in ``trusted_upstreams``) is kept, and then this tier makes no receipt, since the tier
    that delivers to the consumer makes it: a cache hierarchy logs each request once. Any
-   other request gets a fresh 128-bit id. The app sees the id in the same header (to pass it
+   other request gets a fresh id (a 96-bit random prefix per process, then a counter). The app sees the id in the same header (to pass it
    on upstream), and the response carries it.
 3. A GET that the app answers 200 or 206 gets a receipt: content_id, creator and manifest
    from the catalog (or the content_id as the SHA-256 of the bytes served, when the catalog
@@ -42,6 +42,7 @@ extensions are hidden from the app, so every byte passes through ``send``.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import re
@@ -58,7 +59,7 @@ from tlog.errors import MalformedError
 from tlog.provenance import Provenance, ReceiptRef, format_provenance, format_receipt_ref
 from tlog.token import AccessToken
 
-__all__ = ["ASGIApp", "MiddlewareStats", "ReceiptMiddleware", "new_request_id"]
+__all__ = ["ASGIApp", "MiddlewareStats", "ReceiptMiddleware", "RequestIds", "new_request_id"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -75,8 +76,21 @@ _HIDDEN_EXTENSIONS = ("http.response.pathsend", "http.response.zerocopysend")
 _DROPPED_FOR_IDENTIFY = (b"range", b"if-range")
 
 
+class RequestIds:
+    """Globally unique request ids: a 96-bit random prefix drawn once, then a counter
+    (``<24 hex><16 hex>``). One ``os.urandom`` per process instead of one per request."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(12)
+        self._counter = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
 def new_request_id() -> str:
-    """A fresh request id: 128 random bits, hex."""
+    """A fresh request id: 128 random bits, hex (for one-off use; the middleware uses
+    :class:`RequestIds`)."""
     return secrets.token_hex(16)
 
 
@@ -147,7 +161,7 @@ class ReceiptMiddleware:
         pass_unlisted: bool = False,
         max_identify_bytes: int = 64 << 20,
         clock_ms: Callable[[], int] = now_ms,
-        request_ids: Callable[[], str] = new_request_id,
+        request_ids: Callable[[], str] | None = None,
     ) -> None:
         self.app = app
         self.signer = signer
@@ -161,7 +175,7 @@ class ReceiptMiddleware:
         self.pass_unlisted = pass_unlisted
         self.max_identify_bytes = max_identify_bytes
         self.clock_ms = clock_ms
-        self.request_ids = request_ids
+        self.request_ids = request_ids or RequestIds()
         self.stats = MiddlewareStats()
         self._provenance: dict[str, bytes] = {}
 

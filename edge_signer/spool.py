@@ -440,13 +440,14 @@ class _Item:
 _STOP = object()
 
 
-def _settle(future: asyncio.Future[bool], result: bool | BaseException) -> None:
-    if future.done():  # the request was cancelled meanwhile; the receipt is spooled anyway
-        return
-    if isinstance(result, BaseException):
-        future.set_exception(result)
-    else:
-        future.set_result(result)
+def _settle(settled: list[tuple[asyncio.Future[bool], bool | BaseException]]) -> None:
+    for future, result in settled:
+        if future.done():  # the request was cancelled meanwhile; the receipt is spooled anyway
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
 
 
 class SpoolWriter:
@@ -605,9 +606,15 @@ class SpoolWriter:
             with self._lock:
                 self._failure = None
         self._refresh(spool)
+        # One wake-up per event loop for the whole group, not one per request.
+        by_loop: dict[
+            asyncio.AbstractEventLoop, list[tuple[asyncio.Future[bool], bool | BaseException]]
+        ] = {}
         for item, result in zip(group, results, strict=True):
+            by_loop.setdefault(item.loop, []).append((item.future, result))
+        for loop, settled in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the event loop is closed: nobody waits
-                item.loop.call_soon_threadsafe(_settle, item.future, result)
+                loop.call_soon_threadsafe(_settle, settled)
 
     def _commit_one(self, spool: Spool, item: _Item) -> bool | BaseException:
         try:

@@ -73,7 +73,7 @@ async def test_a_training_download_gets_headers_and_one_signed_receipt(
     ref = parse_receipt_ref(response.headers["x-receipt"])
     assert ref.edge == EDGE_KEY.name
     assert ref.request_id == response.headers["x-request-id"]
-    assert len(ref.request_id) == 32
+    assert len(ref.request_id) == 40
 
     receipt = only_receipt(edge)
     assert receipt.request_id == ref.request_id
