@@ -172,8 +172,9 @@ class Window:
 
 
 async def load(
-    session: aiohttp.ClientSession, server: ServerProcess, token: str, files: int, n: int, c: int
-) -> Window:
+    session: aiohttp.ClientSession, server: ServerProcess, token: str, *, files: int, n: int,
+    c: int,
+) -> Window:  # fmt: skip
     """``n`` GETs with ``c`` in flight; every answer checked."""
     headers = {"Authorization": f"Bearer {token}"}
     metered = server.mode == "metered"
@@ -205,10 +206,10 @@ async def http_rounds(
             order = ["bare", "metered"] if r % 2 == 0 else ["metered", "bare"]
             for mode in order:
                 server = servers[mode]
-                await load(session, server, token, args.files, args.warmup, args.concurrency)
-                window = await load(
-                    session, server, token, args.files, args.requests, args.concurrency
-                )
+                await load(session, server, token, files=args.files, n=args.warmup,
+                           c=args.concurrency)  # fmt: skip
+                window = await load(session, server, token, files=args.files, n=args.requests,
+                                    c=args.concurrency)  # fmt: skip
                 report.note(
                     f"  round {r + 1} {mode:<7}: {window.rate:8.0f} req/s "
                     f"({window.seconds:.2f} s; server {window.server_cpu_s / window.seconds:.2f} "
@@ -357,82 +358,86 @@ def main() -> int:
     try:
         files = workdir / "files"
         make_files(files, args.files)
-        token = training_token()
-
-        # 1. HTTP over loopback.
-        servers = {
-            mode: start(mode, files, workdir / f"spool-{mode}") for mode in ("bare", "metered")
-        }
-        try:
-            best = asyncio.run(http_rounds(servers, args, report))
-        finally:
-            for server in servers.values():
-                server.stop()
-        bare, metered = best["bare"], best["metered"]
-        report.metric("static_requests_per_s_bare", round(bare.rate, 1), "req/s",
-                      line=f"bare static files:        {bare.rate:8.0f} req/s")  # fmt: skip
-        report.metric(
-            "static_requests_per_s_metered", round(metered.rate, 1), "req/s",
-            floor=round(bare.rate, 1), ratio=round(bare.rate / metered.rate, 3),
-            line=f"with ReceiptMiddleware:   {metered.rate:8.0f} req/s "
-            f"(time per request x{bare.rate / metered.rate:.2f} the bare server's)",
-        )  # fmt: skip
-        cost = 1 - metered.rate / bare.rate
-        report.metric("middleware_cost", round(cost, 3), "fraction",
-                      line=f"middleware cost:          {cost:8.1%} of the bare rate "
-                      "(target < 30%)")  # fmt: skip
-
-        # 2. In process.
-        async def both() -> tuple[float, float]:
-            bare_app, _ = build_app("bare", files, workdir / "unused")
-            metered_app, writer = build_app("metered", files, workdir / "spool-inprocess")
-            assert writer is not None
-            writer.start()
-            try:
-                return (
-                    await inprocess(bare_app, args.inprocess, args.files, token, args.concurrency),
-                    await inprocess(
-                        metered_app, args.inprocess, args.files, token, args.concurrency
-                    ),
-                )
-            finally:
-                writer.close()
-
-        bare_ip, metered_ip = asyncio.run(both())
-        report.metric("inprocess_requests_per_s_bare", round(bare_ip, 1), "req/s",
-                      line=f"in process, bare:         {bare_ip:8.0f} req/s")  # fmt: skip
-        report.metric(
-            "inprocess_requests_per_s_metered", round(metered_ip, 1), "req/s",
-            floor=round(bare_ip, 1), ratio=round(bare_ip / metered_ip, 3),
-            line=f"in process, metered:      {metered_ip:8.0f} req/s "
-            f"(x{bare_ip / metered_ip:.2f} the time per request)",
-        )  # fmt: skip
-
-        # 3. The spool.
-        floor = fsync_floor(workdir, args.appends)
-        single = spool_single(workdir / "spool-single", args.appends)
-        grouped, groups = asyncio.run(
-            spool_grouped(workdir / "spool-grouped", args.appends * 10, args.concurrency)
-        )
-        report.metric("fsyncs_per_s", round(floor, 1), "1/s",
-                      line=f"fsync floor:              {floor:8.0f} fsyncs/s")  # fmt: skip
-        report.metric(
-            "spool_appends_per_s_single", round(single, 1), "appends/s",
-            floor=round(floor, 1), ratio=round(floor / single, 3),
-            line=f"spool, one per commit:    {single:8.0f} appends/s "
-            f"(x{floor / single:.2f} the time of a bare fsync)",
-        )  # fmt: skip
-        report.metric(
-            "spool_appends_per_s_grouped", round(grouped, 1), "appends/s",
-            floor=round(floor, 1), ratio=round(floor / grouped, 3),
-            line=f"spool, group commit:      {grouped:8.0f} appends/s "
-            f"({args.appends * 10 / groups:.0f} appends per commit, {args.concurrency} "
-            "appending at once)",
-        )  # fmt: skip
+        http_phase(args, files, workdir, report)
+        inprocess_phase(args, files, workdir, report)
+        spool_phase(args, workdir, report)
         report.note(f"load average after: {load_average()}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def http_phase(args: argparse.Namespace, files: Path, workdir: Path, report: Report) -> None:
+    servers = {mode: start(mode, files, workdir / f"spool-{mode}") for mode in ("bare", "metered")}
+    try:
+        best = asyncio.run(http_rounds(servers, args, report))
+    finally:
+        for server in servers.values():
+            server.stop()
+    bare, metered = best["bare"], best["metered"]
+    report.metric("static_requests_per_s_bare", round(bare.rate, 1), "req/s",
+                  line=f"bare static files:        {bare.rate:8.0f} req/s")  # fmt: skip
+    report.metric(
+        "static_requests_per_s_metered", round(metered.rate, 1), "req/s",
+        floor=round(bare.rate, 1), ratio=round(bare.rate / metered.rate, 3),
+        line=f"with ReceiptMiddleware:   {metered.rate:8.0f} req/s "
+        f"(time per request x{bare.rate / metered.rate:.2f} the bare server's)",
+    )  # fmt: skip
+    cost = 1 - metered.rate / bare.rate
+    report.metric("middleware_cost", round(cost, 3), "fraction",
+                  line=f"middleware cost:          {cost:8.1%} of the bare rate "
+                  "(target < 30%)")  # fmt: skip
+
+
+def inprocess_phase(args: argparse.Namespace, files: Path, workdir: Path, report: Report) -> None:
+    token = training_token()
+
+    async def both() -> tuple[float, float]:
+        bare_app, _ = build_app("bare", files, workdir / "unused")
+        metered_app, writer = build_app("metered", files, workdir / "spool-inprocess")
+        assert writer is not None
+        writer.start()
+        try:
+            n, c = args.inprocess, args.concurrency
+            return (
+                await inprocess(bare_app, n, args.files, token, c),
+                await inprocess(metered_app, n, args.files, token, c),
+            )
+        finally:
+            writer.close()
+
+    bare, metered = asyncio.run(both())
+    report.metric("inprocess_requests_per_s_bare", round(bare, 1), "req/s",
+                  line=f"in process, bare:         {bare:8.0f} req/s")  # fmt: skip
+    report.metric(
+        "inprocess_requests_per_s_metered", round(metered, 1), "req/s",
+        floor=round(bare, 1), ratio=round(bare / metered, 3),
+        line=f"in process, metered:      {metered:8.0f} req/s "
+        f"(x{bare / metered:.2f} the time per request)",
+    )  # fmt: skip
+
+
+def spool_phase(args: argparse.Namespace, workdir: Path, report: Report) -> None:
+    floor = fsync_floor(workdir, args.appends)
+    single = spool_single(workdir / "spool-single", args.appends)
+    grouped, groups = asyncio.run(
+        spool_grouped(workdir / "spool-grouped", args.appends * 10, args.concurrency)
+    )
+    report.metric("fsyncs_per_s", round(floor, 1), "1/s",
+                  line=f"fsync floor:              {floor:8.0f} fsyncs/s")  # fmt: skip
+    report.metric(
+        "spool_appends_per_s_single", round(single, 1), "appends/s",
+        floor=round(floor, 1), ratio=round(floor / single, 3),
+        line=f"spool, one per commit:    {single:8.0f} appends/s "
+        f"(x{floor / single:.2f} the time of a bare fsync)",
+    )  # fmt: skip
+    report.metric(
+        "spool_appends_per_s_grouped", round(grouped, 1), "appends/s",
+        floor=round(floor, 1), ratio=round(floor / grouped, 3),
+        line=f"spool, group commit:      {grouped:8.0f} appends/s "
+        f"({args.appends * 10 / groups:.0f} appends per commit, {args.concurrency} "
+        "appending at once)",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

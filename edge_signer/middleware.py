@@ -14,8 +14,9 @@ For a request to a path in the catalog:
 2. The request id: an upstream tier's id (the ``request_id_header`` from a client address
    in ``trusted_upstreams``) is kept, and then this tier makes no receipt, since the tier
    that delivers to the consumer makes it: a cache hierarchy logs each request once. Any
-   other request gets a fresh id (a 96-bit random prefix per process, then a counter). The app sees the id in the same header (to pass it
-   on upstream), and the response carries it.
+   other request gets a fresh id (a 96-bit random prefix per process, then a counter).
+   The app sees the id in the same header (to pass it on upstream), and the response
+   carries it.
 3. A GET that the app answers 200 or 206 gets a receipt: content_id, creator and manifest
    from the catalog (or the content_id as the SHA-256 of the bytes served, when the catalog
    has none: the Range header is then dropped, so the whole representation is served and
@@ -41,6 +42,7 @@ extensions are hidden from the app, so every byte passes through ``send``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -470,9 +472,9 @@ class _Exchange:
             bytes_sent=self.bytes_sent,
             cache=cache,
         )
+        sign = functools.partial(self.m.signer.sign, delivery, served_at_ms=self.served_at_ms)
         try:
-            signed = self.m.signer.sign(delivery, served_at_ms=self.served_at_ms)
-            stored = await self.m.spool.append(signed, self.reservation)
+            stored = await self.m.spool.append(sign, self.reservation)  # signed off the loop
         except (SpoolError, MalformedError) as exc:
             return await self._spool_failed(exc, final=final, streamed=streamed)
         if stored:

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from edge_signer.signer import SignedReceipt
+from tlog.errors import MalformedError
 
 __all__ = [
     "STATES",
@@ -432,7 +433,7 @@ class Reservation:
 
 @dataclass
 class _Item:
-    signed: SignedReceipt
+    receipt: SignedReceipt | Callable[[], SignedReceipt]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[bool]
 
@@ -440,7 +441,10 @@ class _Item:
 _STOP = object()
 
 
-def _settle(settled: list[tuple[asyncio.Future[bool], bool | BaseException]]) -> None:
+_Settled = tuple[asyncio.Future[bool], bool | BaseException]
+
+
+def _settle(settled: list[_Settled]) -> None:
     for future, result in settled:
         if future.done():  # the request was cancelled meanwhile; the receipt is spooled anyway
             continue
@@ -535,13 +539,21 @@ class SpoolWriter:
 
     # -- appending ----------------------------------------------------------------------------
 
-    async def append(self, signed: SignedReceipt, reservation: Reservation | None = None) -> bool:
+    async def append(
+        self,
+        receipt: SignedReceipt | Callable[[], SignedReceipt],
+        reservation: Reservation | None = None,
+    ) -> bool:
         """Spool one receipt durably: True once it is committed, False if its (edge,
-        request_id) was spooled before. SpoolError (SpoolFullError) if it could not be."""
+        request_id) was spooled before. SpoolError (SpoolFullError) if it could not be.
+
+        ``receipt`` may be a function that signs it: the writer thread calls it, so the
+        Ed25519 signature (which releases the GIL) is made off the event loop. What it
+        raises (MalformedError) is raised here."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
         try:
-            self._queue.put(_Item(signed, loop, future))
+            self._queue.put(_Item(receipt, loop, future))
             return await future
         finally:
             if reservation is not None:
@@ -591,34 +603,46 @@ class SpoolWriter:
             self._pending = pending
 
     def _commit(self, spool: Spool, group: list[_Item]) -> None:
-        results: Sequence[bool | BaseException]
-        try:
-            results = spool.append([item.signed for item in group], self.clock_ms())
-        except SpoolFullError:
-            # The group does not fit as a whole: as many of its receipts as fit, one by one.
-            results = [self._commit_one(spool, item) for item in group]
-        except SpoolError as exc:
-            with self._lock:
-                self._failure = (self.monotonic(), exc)
-            results = [exc] * len(group)
-        else:
-            self.groups += 1
-            with self._lock:
-                self._failure = None
+        settled: list[tuple[_Item, bool | BaseException]] = []
+        ready: list[tuple[_Item, SignedReceipt]] = []
+        for item in group:
+            try:
+                receipt = (
+                    item.receipt if isinstance(item.receipt, SignedReceipt) else item.receipt()
+                )
+            except MalformedError as exc:
+                settled.append((item, exc))
+            else:
+                ready.append((item, receipt))
+        results: Sequence[bool | BaseException] = []
+        if ready:
+            receipts = [receipt for _, receipt in ready]
+            try:
+                results = spool.append(receipts, self.clock_ms())
+            except SpoolFullError:
+                # The group does not fit as a whole: as many of its receipts as fit, one by one.
+                results = [self._commit_one(spool, receipt) for receipt in receipts]
+            except SpoolError as exc:
+                with self._lock:
+                    self._failure = (self.monotonic(), exc)
+                results = [exc] * len(ready)
+            else:
+                self.groups += 1
+                with self._lock:
+                    self._failure = None
+        settled.extend((item, result) for (item, _), result in zip(ready, results, strict=True))
         self._refresh(spool)
         # One wake-up per event loop for the whole group, not one per request.
-        by_loop: dict[
-            asyncio.AbstractEventLoop, list[tuple[asyncio.Future[bool], bool | BaseException]]
-        ] = {}
-        for item, result in zip(group, results, strict=True):
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Settled]] = {}
+        for item, result in settled:
             by_loop.setdefault(item.loop, []).append((item.future, result))
-        for loop, settled in by_loop.items():
+        for loop, results_of_loop in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the event loop is closed: nobody waits
-                loop.call_soon_threadsafe(_settle, settled)
+                loop.call_soon_threadsafe(_settle, results_of_loop)
 
-    def _commit_one(self, spool: Spool, item: _Item) -> bool | BaseException:
+    def _commit_one(self, spool: Spool, receipt: SignedReceipt) -> bool | BaseException:
         try:
-            (stored,) = spool.append([item.signed], self.clock_ms())
+            (stored,) = spool.append([receipt], self.clock_ms())
         except SpoolError as exc:
             return exc
         return stored

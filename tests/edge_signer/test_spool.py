@@ -19,6 +19,7 @@ from edge_signer.spool import (
     SpoolWriter,
 )
 from tests.edge_signer.conftest import EDGE_KEY, NOW_MS
+from tlog.errors import MalformedError
 
 SIGNER = EdgeSigner(EDGE_KEY)
 
@@ -227,3 +228,34 @@ def test_a_writer_that_cannot_open_its_spool_says_so(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(SpoolError):
         SpoolWriter(tmp_path / "file").start()
+
+
+@pytest.mark.anyio
+async def test_receipts_can_be_signed_in_the_writer_thread(tmp_path: Path) -> None:
+    import threading  # noqa: PLC0415
+
+    signed_in: list[str] = []
+
+    def sign(i: int) -> SignedReceipt:
+        signed_in.append(threading.current_thread().name)
+        return signed(i)
+
+    def broken() -> SignedReceipt:
+        raise MalformedError("receipt.request_id", "injected")
+
+    writer = SpoolWriter(tmp_path, clock_ms=lambda: NOW_MS)
+    writer.start()
+    try:
+        results = await asyncio.gather(
+            writer.append(lambda: sign(0)),
+            writer.append(broken),
+            writer.append(lambda: sign(1)),
+            return_exceptions=True,
+        )
+    finally:
+        writer.close()
+    assert results[0] is True and results[2] is True
+    assert isinstance(results[1], MalformedError)
+    assert signed_in == ["spool-writer", "spool-writer"]
+    with Spool(tmp_path) as spool:
+        assert [r.request_id for r in spool.receipts()] == ["req-0", "req-1"]
