@@ -30,6 +30,7 @@ from pathlib import Path
 from types import FrameType
 
 from cli.client import log_url
+from cli.receipt import read_receipt_lines
 from edge_signer.catalog import Catalog, build_catalog, format_catalog, load_catalog
 from edge_signer.signer import EdgeKeyError, EdgeSigner, SignedReceipt, load_edge_key
 from edge_signer.spool import DB_NAME, DEFAULT_CAPACITY, Spool, SpoolError, SpoolStatus
@@ -43,7 +44,7 @@ from edge_signer.submitter import (
     Submitter,
     submitter_lock,
 )
-from tlog.entry import SCOPES, Receipt, decode_entry
+from tlog.entry import SCOPES
 from tlog.errors import MalformedError, VerificationError
 from tlog.note import Verifier
 from verifier.cli import (
@@ -143,35 +144,13 @@ def _failure_status(exc: Exception) -> int:
 # -- submit -----------------------------------------------------------------------------------
 
 
-def _read_receipts(path: str) -> tuple[list[SignedReceipt], list[str]]:
-    """The file's receipts (exactly its canonical lines), and a complaint per bad line."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{path}: {exc.strerror or exc}") from exc
-    receipts: list[SignedReceipt] = []
-    bad: list[str] = []
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        if not raw.strip():
-            continue
-        try:
-            entry = decode_entry(raw)
-        except MalformedError as exc:
-            bad.append(f"line {number}: not spooled: {exc}")
-            continue
-        if not isinstance(entry, Receipt) or entry.logged_at_ms is not None:
-            bad.append(f"line {number}: not spooled: not a receipt, or already has logged_at_ms")
-            continue
-        receipts.append(SignedReceipt(entry, raw))
-    return receipts, bad
-
-
 def _run_submit(args: argparse.Namespace) -> int:
     _say_logs()
     target = _log_target(args)
-    receipts, bad = _read_receipts(args.file)
-    for line in bad:
-        print(f"  rejected  {line}", file=sys.stderr)
+    lines, bad = read_receipt_lines(args.file)  # each line exactly as signed, decoded
+    receipts = [SignedReceipt(line.receipt, line.data) for line in lines]
+    for outcome in bad:
+        print(f"  rejected  line {outcome.number}: {outcome.error}", file=sys.stderr)
     status = EXIT_FAILED if bad else EXIT_OK
     directory = _spool_dir(args, must_exist=False)
     try:

@@ -215,7 +215,7 @@ def test_bad_lines_are_not_spooled(
     status, _, err = run(capsys, "edge", "submit", str(file), "--spool", str(tmp_path / "s"),
                          "--log", log.url, "--log-key", str(log.data_dir / "log.vkey"))  # fmt: skip
     assert status == EXIT_FAILED
-    assert "line 2: not spooled" in err and "line 3: not spooled" in err
+    assert "line 2: not sent" in err and "line 3: not sent" in err
     assert "1 receipt(s): 1 verified" in err
 
 
