@@ -179,7 +179,7 @@ class ReceiptMiddleware:
         self.clock_ms = clock_ms
         self.request_ids = request_ids or RequestIds()
         self.stats = MiddlewareStats()
-        self._provenance: dict[str, bytes] = {}
+        self._provenance: dict[tuple[str, str, str], bytes] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -257,11 +257,12 @@ class ReceiptMiddleware:
         await _respond(send, denied.status, "authorization", denied.reason, [challenge])
 
     def provenance(self, item: CatalogItem, content_id: str) -> bytes:
-        """The ``X-Provenance`` value for this content (cached per content id)."""
-        value = self._provenance.get(content_id)
+        """The ``X-Provenance`` value for this content and its terms (cached)."""
+        key = (content_id, item.creator_id, item.manifest)
+        value = self._provenance.get(key)
         if value is None:
             text = format_provenance(Provenance(content_id, item.creator_id, item.manifest))
-            value = self._provenance[content_id] = text.encode("ascii")
+            value = self._provenance[key] = text.encode("ascii")
             if len(self._provenance) > 100_000:
                 self._provenance.clear()
         return value
