@@ -597,3 +597,18 @@ async def test_many_concurrent_requests_share_spool_transactions(edge: Edge) -> 
 def test_httpx_is_the_client_here() -> None:
     # The in-process transport hands the middleware a real client address to judge.
     assert httpx.ASGITransport(app=echo_request_id_app(), client=CLIENT).client == CLIENT
+
+
+async def test_the_same_bytes_under_two_creators_keep_their_own_provenance(
+    tmp_path: Path,
+) -> None:
+    content_id = "sha256:" + "ab" * 32
+    items = {
+        path: CatalogItem(path, creator, "sha256:" + digit * 64, LICENSE, ("training",), content_id)
+        for path, creator, digit in (("/a", "acct:alice", "1"), ("/b", "acct:bob", "2"))
+    }
+    async with make_edge(tmp_path, streaming_app(1), Catalog(items)) as edge:
+        for path, creator in (("/a", "acct:alice"), ("/b", "acct:bob"), ("/a", "acct:alice")):
+            response = await edge.get(path, issue())
+            assert parse_provenance(response.headers["x-provenance"]).creator_id == creator
+        assert [r.creator_id for r in edge.receipts()] == ["acct:alice", "acct:bob", "acct:alice"]
