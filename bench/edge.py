@@ -23,8 +23,9 @@ A script, not a test: it prints figures and asserts none. Nothing in meterlog im
    ``pwrite`` into a preallocated file followed by ``os.fsync``, ``--appends`` times (the
    least one durable commit costs on this disk). Floor and spool alternate ``--repeat``
    times and the best of each is kept. ``spool_appends_per_s_single`` commits each append
-   alone (one fsync each); ``spool_appends_per_s_grouped`` sends ``--appends`` x 10 appends through SpoolWriter from
-   ``--concurrency`` concurrent tasks, which commits whatever is waiting as one transaction.
+   alone (one fsync each); ``spool_appends_per_s_grouped`` sends ``--appends`` x 10
+   appends through SpoolWriter from ``--concurrency`` concurrent tasks, which commits
+   whatever is waiting as one transaction.
 
 Figures, with ``--json`` one JSON object per line on stdout, each exactly
 ``{"metric", "value", "unit", "floor", "ratio"}``; notes (load average, CPU) go to stderr.
