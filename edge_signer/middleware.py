@@ -180,6 +180,7 @@ class ReceiptMiddleware:
         self.request_ids = request_ids or RequestIds()
         self.stats = MiddlewareStats()
         self._provenance: dict[tuple[str, str, str], bytes] = {}
+        self._links: dict[str, bytes] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -255,6 +256,13 @@ class ReceiptMiddleware:
             self.stats.forbidden += 1
         challenge = (b"www-authenticate", denied.www_authenticate().encode("latin-1"))
         await _respond(send, denied.status, "authorization", denied.reason, [challenge])
+
+    def license_link(self, license_uri: str) -> bytes:
+        """The ``Link`` value naming a license (cached per license)."""
+        value = self._links.get(license_uri)
+        if value is None:
+            value = self._links[license_uri] = f'<{license_uri}>; rel="license"'.encode("ascii")
+        return value
 
     def provenance(self, item: CatalogItem, content_id: str) -> bytes:
         """The ``X-Provenance`` value for this content and its terms (cached)."""
@@ -363,7 +371,7 @@ class _Exchange:
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() not in own]
         if self.content_id is not None:
             headers.append((b"x-provenance", self.m.provenance(self.item, self.content_id)))
-        headers.append((b"link", f'<{self.item.license}>; rel="license"'.encode("ascii")))
+        headers.append((b"link", self.m.license_link(self.item.license)))
         headers.append((self.m.request_id_header, self.request_id.encode("ascii")))
         if receipt:
             ref = format_receipt_ref(ReceiptRef(self.m.signer.edge, self.request_id))

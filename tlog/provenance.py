@@ -49,6 +49,7 @@ _ID = re.compile(r"[\x21-\x2a\x2c-\x7e]{1,255}")  # an entry id: printable ASCII
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")  # as receipt.request_id
 _ESCAPED = frozenset('%;=,"\\')
 _ESCAPE = re.compile(r"%[0-9A-F]{2}")
+_NEEDS_ESCAPE = re.compile(r'[%;=,"\\]')
 
 
 def _check(value: str, field: str, pattern: re.Pattern[str]) -> None:
@@ -57,6 +58,8 @@ def _check(value: str, field: str, pattern: re.Pattern[str]) -> None:
 
 
 def _quote(value: str) -> str:
+    if _NEEDS_ESCAPE.search(value) is None:  # the usual case: ids need no escaping
+        return value
     return "".join(f"%{ord(c):02X}" if c in _ESCAPED else c for c in value)
 
 
