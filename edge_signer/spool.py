@@ -3,14 +3,14 @@
 Owns the edge's durable queue of receipts and what became of each. It is one SQLite file
 (the standard library's sqlite3) in WAL mode with ``synchronous=FULL``: a receipt whose
 append returned is in the WAL and fsynced, so it survives SIGKILL and power loss. Imports
-tlog (nothing else of ours); must not import verifier, log_server, anchor, billing, cli or
+edge_signer.signer and tlog; must not import verifier, log_server, anchor, billing, cli or
 peewee.
 
 Each receipt is one row, keyed by (edge, request_id), holding its entry bytes exactly as
 signed, so a resubmission after a crash sends the same bytes and the log answers
 ``duplicate`` with the original index: nothing is logged twice. Appending a receipt whose
-(edge, request_id) is already spooled changes nothing (an upstream tier that retries a
-request is logged once). A row's ``state`` moves from ``pending`` to one of ``verified``
+(edge, request_id) is already spooled changes nothing (the same file spooled twice by
+``meterlog edge submit`` is logged once). A row's ``state`` moves from ``pending`` to one of ``verified``
 (the log answered ``logged`` or ``duplicate``, and its proof bundle verified and is stored
 with it), ``rejected`` or ``conflict`` (the log refused it; the reason is stored). Nothing is
 deleted except by :meth:`Spool.prune`, and only verified rows.

@@ -9,5 +9,6 @@ environment; time, keys and storage are arguments. Nothing of meterlog's is impo
 (import-linter enforces it).
 
 Modules, bottom-up: ``errors``, ``parsing``, ``hashing``, ``merkle``, ``proofs``, ``tiles``,
-``note``, ``checkpoint``, ``entry``, ``bundle``.
+``note``, ``checkpoint``, ``entry``, ``bundle``, ``token`` (access tokens), ``provenance``
+(the edge's delivery headers).
 """
