@@ -10,10 +10,11 @@ Each receipt is one row, keyed by (edge, request_id), holding its entry bytes ex
 signed, so a resubmission after a crash sends the same bytes and the log answers
 ``duplicate`` with the original index: nothing is logged twice. Appending a receipt whose
 (edge, request_id) is already spooled changes nothing (the same file spooled twice by
-``meterlog edge submit`` is logged once). A row's ``state`` moves from ``pending`` to one of ``verified``
-(the log answered ``logged`` or ``duplicate``, and its proof bundle verified and is stored
-with it), ``rejected`` or ``conflict`` (the log refused it; the reason is stored). Nothing is
-deleted except by :meth:`Spool.prune`, and only verified rows.
+``meterlog edge submit`` is logged once). A row's ``state`` moves from ``pending`` to one
+of ``verified`` (the log answered ``logged`` or ``duplicate``, and its proof bundle
+verified and is stored with it), ``rejected`` or ``conflict`` (the log refused it; the
+reason is stored). Nothing is deleted except by :meth:`Spool.prune`, and only verified
+rows.
 
 The spool is bounded: at most ``capacity`` pending receipts; an append beyond that raises
 :class:`SpoolFullError` and stores nothing. Counters (by state, and how many were ever
