@@ -58,6 +58,10 @@ __all__ = [
 ]
 
 _R = TypeVar("_R")
+_INSERT = (
+    "INSERT INTO receipts (edge, request_id, entry, spooled_at_ms) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (edge, request_id) DO NOTHING"
+)
 
 STATES = ("pending", "verified", "rejected", "conflict")
 DEFAULT_CAPACITY = 1_000_000
@@ -200,6 +204,8 @@ class Spool:
             raise ValueError("the spool's capacity must be at least 1")
         self.directory = directory
         self.capacity = capacity
+        self.pending_count = 0
+        """Pending receipts as of this connection's last append (exact at that commit)."""
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._conn = _connect(directory / DB_NAME, busy_timeout_s)
@@ -247,21 +253,25 @@ class Spool:
         SpoolFullError (and nothing stored) if the pending receipts would exceed capacity.
         """
 
+        rows = [(r.edge, r.request_id, r.entry, now_ms) for r in receipts]
+
         def work(conn: sqlite3.Connection) -> list[bool]:
-            stored = []
-            for signed in receipts:
-                cursor = conn.execute(
-                    "INSERT INTO receipts (edge, request_id, entry, spooled_at_ms) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT (edge, request_id) DO NOTHING",
-                    (signed.edge, signed.request_id, signed.entry, now_ms),
-                )
-                stored.append(cursor.rowcount == 1)
+            # One statement for the whole group; only when some receipt was spooled before
+            # (rare) is it undone and redone row by row, to say which.
+            conn.execute("SAVEPOINT rows")
+            if conn.executemany(_INSERT, rows).rowcount == len(rows):
+                stored = [True] * len(rows)
+            else:
+                conn.execute("ROLLBACK TO rows")
+                stored = [conn.execute(_INSERT, row).rowcount == 1 for row in rows]
+            conn.execute("RELEASE rows")
             pending = _counter(conn, "pending")
             if pending > self.capacity:
                 raise SpoolFullError(
                     f"the spool holds {pending - sum(stored)} pending receipts; "
                     f"its capacity is {self.capacity}"
                 )
+            self.pending_count = pending
             return stored
 
         return self._transaction(work)
@@ -616,6 +626,7 @@ class SpoolWriter:
             else:
                 ready.append((item, receipt))
         results: Sequence[bool | BaseException] = []
+        committed = False
         if ready:
             receipts = [receipt for _, receipt in ready]
             try:
@@ -628,11 +639,14 @@ class SpoolWriter:
                     self._failure = (self.monotonic(), exc)
                 results = [exc] * len(ready)
             else:
+                committed = True
                 self.groups += 1
                 with self._lock:
                     self._failure = None
+                    self._pending = spool.pending_count  # read inside the commit
         settled.extend((item, result) for (item, _), result in zip(ready, results, strict=True))
-        self._refresh(spool)
+        if not committed:
+            self._refresh(spool)
         # One wake-up per event loop for the whole group, not one per request.
         by_loop: dict[asyncio.AbstractEventLoop, list[_Settled]] = {}
         for item, result in settled:
