@@ -3,8 +3,9 @@
 Owns :class:`SignatureChecker`. An Ed25519 check is the one piece of work per receipt that
 no log can skip, and about half of the server's CPU per receipt. In the server's own process
 it competes for the GIL with everything else (each check releases the GIL and must win it
-back), so by default the checks of each batch run in a worker process: one ``check_batch``
-call per batch, arguments and answers plain bytes and strings. Imports tlog only.
+back), so by default the checks of each batch run in a worker process: one
+:func:`tlog.note.verify_messages` call per batch, arguments and answers plain bytes and
+strings. Imports tlog only.
 
 What is checked here is the signature alone. The caller has already matched the receipt to
 its registered edge key (by edge and key ID, from the registry whose keys were checked when
@@ -20,33 +21,13 @@ import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from functools import lru_cache
 
-from tlog.errors import VerificationError
-from tlog.note import Verifier, parse_vkey
+from tlog.note import verify_messages
 
-__all__ = ["SignatureChecker", "SignedItem", "check_batch"]
+__all__ = ["SignatureChecker", "SignedItem"]
 
 SignedItem = tuple[str, bytes, bytes]
 """(the signer's verifier key string, the signed bytes, the signature)."""
-
-
-@lru_cache(maxsize=4096)
-def _verifier(vkey: str) -> Verifier:
-    return parse_vkey(vkey)
-
-
-def check_batch(items: Sequence[SignedItem]) -> list[str | None]:
-    """For each item, None if its signature verifies under its key, else the reason."""
-    problems: list[str | None] = []
-    for vkey, message, signature in items:
-        try:
-            _verifier(vkey).verify_message(message, signature)
-        except VerificationError as exc:
-            problems.append(str(exc))
-        else:
-            problems.append(None)
-    return problems
 
 
 class SignatureChecker:
@@ -76,16 +57,16 @@ class SignatureChecker:
         return self._pool
 
     async def check(self, items: Sequence[SignedItem]) -> list[str | None]:
-        """One answer per item, in order (see :func:`check_batch`)."""
+        """One answer per item, in order: None, or why its signature does not verify."""
         if not items:
             return []
         loop = asyncio.get_running_loop()
         batch = list(items)
         try:
-            return await loop.run_in_executor(self._executor(), check_batch, batch)
+            return await loop.run_in_executor(self._executor(), verify_messages, batch)
         except BrokenProcessPool:
             self.close()
-            return await loop.run_in_executor(self._executor(), check_batch, batch)
+            return await loop.run_in_executor(self._executor(), verify_messages, batch)
 
     def close(self) -> None:
         """Stop the worker processes, if any (the work thread is the caller's to stop)."""

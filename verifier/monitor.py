@@ -30,10 +30,11 @@ latest statement about a key wins; a receipt is valid when served in ``[from, un
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,14 +42,14 @@ from tlog.checkpoint import SignedCheckpoint
 from tlog.entry import (
     EdgeKey,
     Receipt,
-    canonical_json,
     decode_entry,
+    signed_message,
     verify_edge_key,
     verify_receipt,
 )
 from tlog.errors import InconsistentLogError, MalformedError, VerificationError
 from tlog.evidence import ForkEvidence, format_fork_evidence, verify_checkpoints_consistent
-from tlog.note import Verifier, parse_vkey
+from tlog.note import Verifier, format_vkey, parse_vkey, verify_messages
 from verifier.client import LogClient, VerifiedTree
 from verifier.offline import TrustPolicy
 
@@ -251,35 +252,40 @@ class _InFlight:
 
 
 class _Signatures:
-    """Receipt signatures waiting to be checked, a batch at a time, on other threads.
+    """Receipt signatures waiting to be checked, a batch at a time, in worker processes.
 
     The registry replay must run in index order, but each signature check only needs the
-    key the registry named at that index. So a batch is dispatched to ``_THREADS`` threads
-    (Ed25519 in libsodium releases the GIL) and checked while the main thread decodes the
-    next batch; a batch's problems are recorded, and ``next_index`` moves past it, only once
-    it is settled.
+    key the registry named at that index. So a batch is sent to worker processes (as key
+    strings, signed bytes and signatures: :func:`tlog.note.verify_messages`) and checked
+    while this process decodes the next batch; a batch's problems are recorded, and
+    ``next_index`` moves past it, only once it is settled. Processes, not threads: a thread
+    must win the GIL back after every check, and the decoding thread rarely lets it go.
     """
 
     def __init__(self) -> None:
-        self.items: list[tuple[int, Verifier, bytes, bytes]] = []
+        self.items: list[tuple[int, str, bytes, bytes]] = []
         self.found: list[Problem] = []
         """Problems found while replaying the batch being built."""
         self.in_flight: _InFlight | None = None
+        self._vkeys: dict[Verifier, str] = {}
 
     def __len__(self) -> int:
         return len(self.items)
 
     def add(self, index: int, receipt: Receipt, key: Verifier) -> None:
-        message = canonical_json(receipt.signed_fields())
-        self.items.append((index, key, message, receipt.signature))
+        vkey = self._vkeys.get(key)
+        if vkey is None:
+            vkey = self._vkeys[key] = format_vkey(key)
+        self.items.append((index, vkey, signed_message(receipt), receipt.signature))
 
     def dispatch(self, up_to: int) -> None:
         """Start checking the batch built so far (entries below ``up_to``)."""
         assert self.in_flight is None  # noqa: S101 -- settle() first
         items, self.items = self.items, []
-        size = max(1, -(-len(items) // _THREADS))
+        pool = _pool()
+        size = max(1, -(-len(items) // pool_size()))
         checks = [
-            _POOL.submit(_verify_chunk, items[i : i + size]) for i in range(0, len(items), size)
+            pool.submit(_verify_chunk, items[i : i + size]) for i in range(0, len(items), size)
         ]
         self.in_flight = _InFlight(checks, self.found, up_to)
         self.found = []
@@ -293,19 +299,32 @@ class _Signatures:
         return sorted(found, key=lambda p: p.index), flight.up_to
 
 
-def _verify_chunk(items: Sequence[tuple[int, Verifier, bytes, bytes]]) -> list[Problem]:
-    problems = []
-    for index, key, message, signature in items:
-        try:
-            key.verify_message(message, signature)
-        except VerificationError as exc:
-            problems.append(Problem(index, "bad signature", str(exc)))
-    return problems
+def _verify_chunk(items: Sequence[tuple[int, str, bytes, bytes]]) -> list[Problem]:
+    """In a worker process: the bad signatures among ``items``."""
+    answers = verify_messages([item[1:] for item in items])
+    return [
+        Problem(index, "bad signature", problem)
+        for (index, *_), problem in zip(items, answers, strict=True)
+        if problem is not None
+    ]
 
 
-_THREADS = 2
 _SIGNATURE_BATCH = 2048
-_POOL = ThreadPoolExecutor(_THREADS, thread_name_prefix="meterlog-verify")
+_POOL: ProcessPoolExecutor | None = None
+
+
+def pool_size() -> int:
+    """Worker processes for signatures: every core but the one that decodes, at least one."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+def _pool() -> ProcessPoolExecutor:
+    """The signature workers, started on first use (``spawn``: the caller may have threads)
+    and kept for the process's life."""
+    global _POOL  # noqa: PLW0603 -- one pool per process, made only by a full audit
+    if _POOL is None:
+        _POOL = ProcessPoolExecutor(pool_size(), mp_context=multiprocessing.get_context("spawn"))
+    return _POOL
 
 
 @dataclass(frozen=True, slots=True)

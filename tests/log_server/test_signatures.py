@@ -11,11 +11,11 @@ from dataclasses import replace
 
 import pytest
 
-from log_server.signatures import SignatureChecker, SignedItem, check_batch
+from log_server.signatures import SignatureChecker, SignedItem
 from tests.log_server.conftest import make_receipt
 from tlog.entry import signed_message, verify_receipt
 from tlog.errors import InvalidSignatureError
-from tlog.note import SigningKey, format_vkey
+from tlog.note import SigningKey, format_vkey, verify_messages
 
 EDGE = SigningKey("edge-sig", bytes(range(32)))
 OTHER = SigningKey("edge-sig", bytes(range(1, 33)))
@@ -45,9 +45,9 @@ def thread() -> Iterator[ThreadPoolExecutor]:
         yield executor
 
 
-def test_check_batch_agrees_with_verify_receipt() -> None:
+def test_verify_messages_agrees_with_verify_receipt() -> None:
     batch, want = items()
-    got = check_batch(batch)
+    got = verify_messages(batch)
     assert [problem is None for problem in got] == want
     for problem in got[5:]:
         assert problem is not None
@@ -69,7 +69,7 @@ async def test_workers_and_thread_give_the_same_answers(
     batch, _ = items()
     checker = SignatureChecker(processes, thread)
     try:
-        assert await checker.check(batch) == check_batch(batch)
+        assert await checker.check(batch) == verify_messages(batch)
         assert await checker.check([]) == []
     finally:
         checker.close()

@@ -34,6 +34,7 @@ from tlog.note import (
     parse_skey,
     parse_vkey,
     sign_note,
+    verify_messages,
 )
 
 # The decoder open_note applies to a cosignature's time; no public route reaches it without a
@@ -637,3 +638,26 @@ def test_a_changed_text_is_rejected(text: str, seed: bytes, data: st.DataObject)
     changed[at] ^= 1 << data.draw(st.integers(min_value=0, max_value=7))
     with pytest.raises(REJECTED):
         open_note(bytes(changed), [key.verifier()])
+
+
+def test_verify_messages_answers_each_item_in_order() -> None:
+    key = SigningKey("edge-1", bytes(range(32)))
+    other = SigningKey("edge-1", bytes(range(1, 33)))
+    vkey, other_vkey = format_vkey(key.verifier()), format_vkey(other.verifier())
+    good = key.sign(b"m")
+    answers = verify_messages(
+        [
+            (vkey, b"m", good),
+            (vkey, b"n", good),  # another message
+            (other_vkey, b"m", good),  # another key of the same name
+            (vkey, b"m", good[:63]),  # a short signature
+            ("not a key", b"m", good),  # a malformed key string
+            (vkey, b"m", good),
+        ]
+    )
+    assert answers[0] is None and answers[5] is None
+    assert answers[1] == f"signature does not verify: key edge-1+{key.verifier().key_id:08x}"
+    assert answers[2] == f"signature does not verify: key edge-1+{other.verifier().key_id:08x}"
+    assert answers[3] is not None and "not 64 bytes" in answers[3]
+    assert answers[4] is not None and answers[4].startswith("vkey")
+    assert verify_messages([]) == []
