@@ -223,10 +223,14 @@ class Ledger:
         """Run the engine over ``[0, end)``; the run keeps its lists open (``close``)."""
         plan = self.plan(rules, closed_ms, end)
         lists = LeafIndexLists(directory, budget=64, segment=16)
-        engine = Engine(plan, lists, **options)
-        for index, data in enumerate(self.data[: plan.end]):
-            engine.feed(index, data)
-        run = engine.finish()
+        try:
+            engine = Engine(plan, lists, **options)
+            for index, data in enumerate(self.data[: plan.end]):
+                engine.feed(index, data)
+            run = engine.finish()
+        except BaseException:
+            lists.close()
+            raise
         self.runs.append(run)
         return run
 
