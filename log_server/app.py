@@ -32,6 +32,7 @@ from log_server.catalog import (
     creator_json,
     dispute_json,
     manifest_json,
+    query_text,
     revenue_json,
     statement_json,
 )
@@ -515,7 +516,7 @@ async def get_creators(request: Request) -> Response:
 
 
 async def get_creator(request: Request) -> Response:
-    creator_id = request.path_params["creator_id"]
+    creator_id = str(query_text(request.path_params["creator_id"], "creator_id"))
     record = await asyncio.to_thread(_state(request).storage.billing.creator, creator_id)
     if record is None:
         raise HTTPException(404, f"no creator {creator_id}")
@@ -527,10 +528,12 @@ async def get_catalog(request: Request) -> Response:
     its entry index and withdrawal; page with ``after`` (an entry index) and ``limit``."""
     state = _state(request)
     after, limit = _page(request, state)
+    creator = query_text(request.query_params.get("creator"), "creator")
+    content = query_text(request.query_params.get("content"), "content")
     records = await asyncio.to_thread(
         lambda: state.storage.billing.manifests(
-            creator_id=request.query_params.get("creator"),
-            content_id=request.query_params.get("content"),
+            creator_id=creator,
+            content_id=content,
             after=after,
             limit=limit,
         )
@@ -547,10 +550,12 @@ async def get_statements(request: Request) -> Response:
     latest = request.query_params.get("latest", "0")
     if latest not in ("0", "1"):
         raise MalformedError("latest", "must be 0 or 1")
+    currency = query_text(request.query_params.get("currency"), "currency")
+    creator = query_text(request.query_params.get("creator"), "creator")
     records = await asyncio.to_thread(
         lambda: state.storage.billing.statements(
-            request.query_params.get("currency"),
-            request.query_params.get("creator"),
+            currency,
+            creator,
             after=after,
             limit=limit,
             latest=latest == "1",
@@ -566,7 +571,7 @@ async def get_statements(request: Request) -> Response:
 
 
 async def get_statement(request: Request) -> Response:
-    digest = request.path_params["digest"]
+    digest = str(query_text(request.path_params["digest"], "digest"))
     record = await asyncio.to_thread(_state(request).storage.billing.statement, digest)
     if record is None:
         raise HTTPException(404, f"no statement {digest} in the log")
@@ -579,18 +584,18 @@ async def get_disputes(request: Request) -> Response:
     open_only = request.query_params.get("open", "0")
     if open_only not in ("0", "1"):
         raise MalformedError("open", "must be 0 or 1")
+    creator = query_text(request.query_params.get("creator"), "creator")
+    statement = query_text(request.query_params.get("statement"), "statement")
     records = await asyncio.to_thread(
         lambda: state.storage.billing.disputes(
-            request.query_params.get("creator"),
-            open_only=open_only == "1",
-            statement=request.query_params.get("statement"),
+            creator, open_only=open_only == "1", statement=statement
         )
     )
     return _JSON({"disputes": [dispute_json(r) for r in records]})
 
 
 async def get_revenue(request: Request) -> Response:
-    consumer = request.query_params.get("consumer")
+    consumer = query_text(request.query_params.get("consumer"), "consumer")
     if consumer is None:
         raise MalformedError("consumer", "missing")
     records = await asyncio.to_thread(_state(request).storage.billing.revenue, consumer)

@@ -47,6 +47,7 @@ answered ``duplicate`` with its original index, as receipts are.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -83,6 +84,7 @@ __all__ = [
     "creator_json",
     "dispute_json",
     "manifest_json",
+    "query_text",
     "revenue_json",
     "statement_json",
 ]
@@ -325,7 +327,17 @@ def apply_catalog(storage: Storage, entry: Entry, index: int, logged_at_ms: int)
         )
 
 
-# -- admin request bodies ---------------------------------------------------------------------
+# -- requests ---------------------------------------------------------------------------------
+
+_QUERY_TEXT = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+def query_text(value: str | None, name: str) -> str | None:
+    """An id or digest from a query or path: printable ASCII without spaces, 1..255
+    characters (what every id and digest in an entry is), or MalformedError naming it."""
+    if value is not None and not _QUERY_TEXT.fullmatch(value):
+        raise MalformedError(name, "not an id or digest (printable ASCII, 1..255)")
+    return value
 
 
 def admin_fields(
