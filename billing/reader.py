@@ -21,11 +21,7 @@ from verifier.client import LogClient, VerifiedTree
 from verifier.offline import TrustPolicy
 from verifier.online import prove_consistent
 
-__all__ = ["NothingToBillError", "RunSource", "last_run", "open_run", "run_checkpoint"]
-
-
-class NothingToBillError(Exception):
-    """The range a run would bill is empty: no entry since the last run's end."""
+__all__ = ["RunSource", "last_run", "open_run", "run_checkpoint"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,18 +100,13 @@ def open_run(
     through: int | None = None,
     evidence_dir: Path = Path(),
 ) -> RunSource:
-    """Everything a run needs from the log before its pass; NothingToBillError if the last
-    run ended at the checkpoint's size already."""
+    """Everything a run needs from the log before its pass. The range is never empty: the
+    last run's statements lie beyond its end and below the checkpoint (``last_run``)."""
     signed = run_checkpoint(client, trust, through, evidence_dir)
     tree = VerifiedTree(client, signed)
     previous = last_run(client, tree, currency)
     period_end_ms = signed_time_s(signed.signed_note, trust.effective.log_keys) * 1000
     source = RunSource(client, signed, tree, period_end_ms, previous)
-    if source.start >= source.end:
-        raise NothingToBillError(
-            f"nothing to bill: the last {currency} run ended at {source.start}, the checkpoint "
-            f"is of size {source.end}"
-        )
     if period_end_ms < source.period_start_ms:
         raise VerificationError(
             f"the checkpoint's signed time {period_end_ms} is before the last run's close "

@@ -11,7 +11,7 @@ anchor``. Imports billing, tlog, verifier and cli.
 Exit codes:
 
 ====  =====================================================================
-0     done: the run logged its statements (or had nothing to bill), the
+0     done: the run logged its statements (or found nobody to pay), the
       replay gave the same bytes, the statement verified, the dispute is logged
 1     verification failed, or the log refused (a bad checkpoint signature, an
       uncommitted range, other bytes on replay, a statement entry refused)
@@ -30,7 +30,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from billing.policy import BillingPolicy, parse_policy
-from billing.reader import NothingToBillError
 from billing.replay import replay_statement, verify_statement_file
 from billing.run import AppendRefusedError, RunReport, run_billing
 from cli.anchor import _verify_parser
@@ -159,16 +158,10 @@ def _run_run(args: argparse.Namespace) -> int:
     trust = _trust(args)
     key = read_signing_key(Path(args.billing_key_file))
     with _billing_client(args) as client:
-        try:
-            report = run_billing(
-                client, trust, policy, key, Path(args.out), through=args.through,
-                append=not args.no_append, evidence_dir=Path(args.evidence_dir),
-            )  # fmt: skip
-        except NothingToBillError as exc:
-            print(f"billing: {exc}", file=sys.stderr)
-            if args.json:
-                print(json.dumps({"ok": True, "statements": [], "note": str(exc)}))
-            return EXIT_OK
+        report = run_billing(
+            client, trust, policy, key, Path(args.out), through=args.through,
+            append=not args.no_append, evidence_dir=Path(args.evidence_dir),
+        )  # fmt: skip
     _say_run(report)
     if args.json:
         print(json.dumps(report.to_json(), sort_keys=True))
