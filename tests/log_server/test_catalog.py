@@ -259,8 +259,10 @@ async def test_disputes_open_and_close(log: Log) -> None:
     await log.client.post("/v1/statements", content=encode_entry(entry))
 
     def dispute(key: SigningKey = ALICE, **changes: Any) -> Dispute:
-        fields: dict[str, Any] = {"action": "open", "creator_id": key.name,
-                                  "statement": entry.digest, "line": 2, "reason": "too low"}  # fmt: skip
+        fields: dict[str, Any] = {
+            "action": "open", "creator_id": key.name, "statement": entry.digest, "line": 2,
+            "reason": "too low",
+        }  # fmt: skip
         fields.update(changes)
         return sign_dispute(Dispute(**fields), key)
 
@@ -277,7 +279,7 @@ async def test_disputes_open_and_close(log: Log) -> None:
     opened = await log.send("/v1/disputes", dispute())
     assert opened.status_code == 200
     assert (await log.send("/v1/disputes", dispute(reason="again"))).status_code == 409
-    listed = (await log.client.get("/v1/disputes", params={"creator": ALICE.name, "open": "1"}))
+    listed = await log.client.get("/v1/disputes", params={"creator": ALICE.name, "open": "1"})
     assert [(d["line"], d["closed_index"]) for d in listed.json()["disputes"]] == [(2, None)]
     resolve = {"creator_id": ALICE.name, "statement": entry.digest, "line": 2, "reason": "ok"}
     answer = await log.client.post("/v1/admin/disputes", json=resolve, headers=log.admin)

@@ -87,7 +87,7 @@ def document(**changes: Any) -> StatementDocument:
             payable_minor=867,
             paid_minor=867,
             carry_out_minor=0,
-        ),  # fmt: skip
+        ),
         "reserve_release_ms": 1_702_592_000_000,
         "lines": lines,
         "excluded": (
