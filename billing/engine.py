@@ -214,9 +214,10 @@ class Engine:
         self._request_heap: list[tuple[int, str]] = []
         self._buckets: dict[tuple[object, ...], list[object]] = {}
         self._bucket_heap: list[tuple[int, tuple[object, ...]]] = []
-        self._lines: dict[tuple[object, ...], list[object]] = {}
+        self._lines: dict[tuple[object, ...], tuple[dict[tuple[int, int], int], int]] = {}
         self._line_keys = 0
-        self._weights: dict[str, dict[str, Fraction]] = defaultdict(lambda: defaultdict(Fraction))
+        self._weights: dict[tuple[str, str, tuple[int, int]], int] = {}
+        """Events by (consumer, manifest, sample rate): how revenue is split."""
         self._excluded: dict[tuple[str, str], list[int]] = {}
         self.run = Run(plan, [], lists)
 
@@ -352,7 +353,8 @@ class Engine:
             self.run.receipts += 1
         assert r.logged_at_ms is not None  # noqa: S101 -- every logged entry has it
         horizon = r.logged_at_ms - self.policy.late_limit_ms
-        self._horizon = max(self._horizon, horizon)
+        if horizon > self._horizon:  # noqa: PLR1730 -- not max(): a call per receipt
+            self._horizon = horizon
         if index in self.watch:
             found = self._registry.key_for(r)
             if not isinstance(found, tuple):
@@ -406,11 +408,18 @@ class Engine:
         one started at least a request window before the horizon (or all, at the end)."""
         window = self.policy.request_window_ms
         limit = self._horizon - window
-        heap = self._request_heap
+        heap, requests, pop = self._request_heap, self._requests, heapq.heappop
         while heap and (final or heap[0][0] <= limit):
-            first, request_id = heapq.heappop(heap)
-            members = self._requests.get(request_id)
-            if members is None or min(m[0] for m in members) != first:
+            first, request_id = pop(heap)
+            members = requests.get(request_id)
+            if members is None:
+                continue
+            if len(members) == 1:  # nearly every request: one receipt, one delivery
+                if members[0][0] == first:
+                    del requests[request_id]
+                    self._delivery(members)
+                continue
+            if min(m[0] for m in members) != first:
                 continue  # an outdated heap item: the group moved on
             members.sort()
             cut = first + window
@@ -418,14 +427,14 @@ class Engine:
             rest = [m for m in members if m[0] >= cut]
             self._delivery(group)
             if rest:
-                self._requests[request_id] = rest
+                requests[request_id] = rest
                 heapq.heappush(heap, (rest[0][0], request_id))
             else:
-                del self._requests[request_id]
+                del requests[request_id]
         buckets = self._bucket_heap
         width = self.policy.window_ms
         while buckets and (final or (buckets[0][0] + 1) * width + window <= self._horizon):
-            _, key = heapq.heappop(buckets)
+            _, key = pop(buckets)
             earlier, best = self._buckets.pop(key)
             if best is None:
                 continue
@@ -438,11 +447,14 @@ class Engine:
         """One request group (sorted): its earliest receipt is the delivery. A group with a
         receipt before the range was counted by an earlier run."""
         best = group[0]
-        earlier = any(m[13] for m in group)
-        for other in group if earlier else group[1:]:
-            if not other[13]:
-                reason = "counted_before" if earlier else "duplicate_request"
-                self._exclude(other[11], reason, other[3])
+        if len(group) == 1:
+            earlier = best[13]
+        else:
+            earlier = any(m[13] for m in group)
+            for other in group if earlier else group[1:]:
+                if not other[13]:
+                    reason = "counted_before" if earlier else "duplicate_request"
+                    self._exclude(other[11], reason, other[3])
         if not earlier:
             self._per_delivery(best)
         rule = self.policy.rules[best[5]]
@@ -450,9 +462,8 @@ class Engine:
             if not earlier:
                 self._event(best)
             return
-        key: tuple[object, ...] = (best[12], best[6], best[7] if rule == "once_per_job" else "")
         bucket = best[0] // self.policy.window_ms
-        slot_key = (bucket, *key)
+        slot_key = (bucket, best[12], best[6], best[7] if rule == "once_per_job" else "")
         slot = self._buckets.get(slot_key)
         if slot is None:
             slot = self._buckets[slot_key] = [False, None]
@@ -465,10 +476,9 @@ class Engine:
             slot[1] = best
             return
         assert isinstance(current, tuple)  # noqa: S101
-        rank = (best[0], best[1], best[2])
-        if rank < (current[0], current[1], current[2]):
+        if (best[0], best[1], best[2]) < (current[0], current[1], current[2]):
             slot[1] = best
-            best, current = current, best
+            best = current
         self._exclude(best[11], "duplicate_event", best[3])
 
     def _period(self, served_at_ms: int) -> int | None:
@@ -480,32 +490,31 @@ class Engine:
                 return end
         return self.plan.period_start_ms  # pragma: no cover - the last period ends there
 
-    def _add(self, kind: str, item: _Item, quantity: Fraction) -> None:
-        scope = item[5]
-        key = (item[11], kind, self._period(item[0]), item[4], scope, "")
+    def _add(self, kind: str, item: _Item, amount: int) -> None:
+        """Count ``amount`` (events, or bytes) of ``item`` on its line. Sums are kept per
+        sample rate, as integers: the exact quantity (each rate's sum times b/a) is made
+        once, when the line is priced."""
+        key = (item[11], kind, self._period(item[0]), item[4], item[5])
         line = self._lines.get(key)
         if line is None:
-            line = self._lines[key] = [Fraction(0), set(), self._new_list()]
-        line[0] += quantity  # type: ignore[operator]
-        line[1].add(item[10])  # type: ignore[attr-defined]
-        self.lists.add(line[2], item[3])  # type: ignore[arg-type]
+            line = self._lines[key] = ({}, self._new_list())
+        sums = line[0]
+        sample = item[10]
+        sums[sample] = sums.get(sample, 0) + amount
+        self.lists.add(line[1], item[3])
 
     def _per_delivery(self, item: _Item) -> None:
         terms = self._manifests[item[4]].terms
-        numerator, denominator = item[10]
-        weight = Fraction(denominator, numerator)
         if "per_gib" in terms:
-            self._add("gib", item, item[8] * weight)
+            self._add("gib", item, item[8])
         if "savings_share" in terms and item[9] == "hit":
-            self._add("savings", item, item[8] * weight)
+            self._add("savings", item, item[8])
 
     def _event(self, item: _Item) -> None:
-        manifest = self._manifests[item[4]]
-        numerator, denominator = item[10]
-        weight = Fraction(denominator, numerator)
-        if item[5] in manifest.terms:
-            self._add("event", item, weight)
-        self._weights[item[6]][item[4]] += weight
+        if item[5] in self._manifests[item[4]].terms:
+            self._add("event", item, 1)
+        key = (item[6], item[4], item[10])
+        self._weights[key] = self._weights.get(key, 0) + 1
 
     # -- the statements -----------------------------------------------------------------------
 
@@ -521,9 +530,9 @@ class Engine:
             )
         self._sweep(final=True)
         lines: dict[str, list[tuple[tuple[object, ...], StatementLine, int]]] = defaultdict(list)
-        for key, (quantity, samples, list_key) in self._lines.items():
-            line = self._priced(key, quantity, samples)  # type: ignore[arg-type]
-            lines[str(key[0])].append((_order(line), line, list_key))  # type: ignore[arg-type]
+        for key, (sums, list_key) in self._lines.items():
+            line = self._priced(key, _quantity(sums), set(sums))
+            lines[str(key[0])].append((_order(line), line, list_key))
         for creator_id, line, list_key in self._upfront_lines() + self._revenue_lines():
             lines[creator_id].append((_order(line), line, list_key))
         creators = set(lines) | {c for c, _ in self._excluded}
@@ -544,7 +553,7 @@ class Engine:
         self, key: tuple[object, ...], quantity: Fraction, samples: set[tuple[int, int]]
     ) -> StatementLine:
         """A delivery or event line, its amount rounded once."""
-        _, kind, for_end, digest, scope, _ = key
+        _, kind, for_end, digest, scope = key
         assert isinstance(digest, str) and isinstance(scope, str)  # noqa: S101
         assert for_end is None or isinstance(for_end, int)  # noqa: S101
         manifest = self._manifests[digest]
@@ -595,7 +604,10 @@ class Engine:
         for consumer in sorted(self._revenue):
             declared = self._revenue[consumer]
             total = sum(amount for _, amount in declared)
-            weights = self._weights.get(consumer, {})
+            weights: dict[str, Fraction] = defaultdict(Fraction)
+            for (who, digest, (a, b)), count in self._weights.items():
+                if who == consumer:
+                    weights[digest] += Fraction(count * b, a)
             digests = sorted(d for d, w in weights.items() if w)
             if not digests:
                 self.run.unallocated_revenue.extend((i, consumer, a) for i, a in declared)
@@ -690,6 +702,11 @@ class Engine:
         return CreatorStatement(
             document, tuple(list_key for _, _, list_key in found), tuple(exclusion_keys)
         )
+
+
+def _quantity(sums: dict[tuple[int, int], int]) -> Fraction:
+    """The exact quantity of per-sample-rate sums: a receipt sampled at a/b counts b/a."""
+    return sum((Fraction(total * b, a) for (a, b), total in sums.items()), Fraction(0))
 
 
 def _order(line: StatementLine) -> tuple[object, ...]:
