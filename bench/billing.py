@@ -100,6 +100,8 @@ late_limit_days = 1
 origin_cost_per_gb = "0.08"
 edge_cost_per_gb = "0.02"
 """
+"""billing.policy's example with 1-hour windows and a 1-day late limit. (Written out: this
+script's own name, billing, hides the billing package from it.)"""
 _SIGN_CHUNK = 5_000
 _ANNOUNCED = re.compile(r"billing: USD run over \[(\d+), (\d+)\)")
 

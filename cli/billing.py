@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from billing.policy import BillingPolicy, parse_policy
@@ -36,14 +35,12 @@ from cli.anchor import _verify_parser
 from cli.catalog import send_entry
 from cli.keys import read_signing_key
 from tlog.entry import Dispute, encode_entry, sign_dispute
-from tlog.errors import InconsistentLogError, MalformedError, VerificationError
+from tlog.errors import MalformedError
 from tlog.policy import parse_policy as parse_trust_policy
 from tlog.statement import parse_statement, statement_digest
 from verifier.cli import (
     EXIT_FAILED,
-    EXIT_FORK,
     EXIT_OK,
-    EXIT_UNAVAILABLE,
     UsageError,
     _add_online_flags,
     _add_policy_flags,
@@ -51,12 +48,12 @@ from verifier.cli import (
     _client,
     _emit,
     _log_url,
+    _online,
     _policy,
     load_vkey,
 )
-from verifier.client import LogClient, LogUnavailableError
+from verifier.client import LogClient
 from verifier.offline import TrustPolicy
-from verifier.online import ForkFoundError
 
 __all__ = ["add_billing_commands", "add_verify_statement_command"]
 
@@ -94,31 +91,6 @@ def _billing_client(args: argparse.Namespace) -> LogClient:
     return LogClient(url, cache_dir=_cache_dir(args, url), timeout_s=args.timeout)
 
 
-def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Map what can go wrong reading a log onto the exit codes."""
-
-    def wrapped(args: argparse.Namespace) -> int:
-        try:
-            return run(args)
-        except LogUnavailableError as exc:
-            print(f"meterlog: the log is unavailable: {exc}", file=sys.stderr)
-            return EXIT_UNAVAILABLE
-        except ForkFoundError as exc:
-            print(f"FORK DETECTED: {exc.error.reason}", file=sys.stderr)
-            print(f"  evidence: {exc.evidence}", file=sys.stderr)
-            return EXIT_FORK
-        except InconsistentLogError as exc:
-            print(f"FORK DETECTED: {exc.reason}", file=sys.stderr)
-            return EXIT_FORK
-        except (VerificationError, MalformedError, AppendRefusedError) as exc:
-            print(f"FAILED  {exc}", file=sys.stderr)
-            if getattr(args, "json", False):
-                print(json.dumps({"ok": False, "error": str(exc)}, sort_keys=True))
-            return EXIT_FAILED
-
-    return wrapped
-
-
 def _through(text: str) -> int | None:
     if text == "latest":
         return None
@@ -152,23 +124,27 @@ def _say_run(report: RunReport) -> None:
         print(f"  PROBLEM at index {index}: {problem}", file=sys.stderr)
 
 
-@_guarded
+@_online
 def _run_run(args: argparse.Namespace) -> int:
     policy = _billing_policy(args.policy)
     trust = _trust(args)
     key = read_signing_key(Path(args.billing_key_file))
     with _billing_client(args) as client:
-        report = run_billing(
-            client, trust, policy, key, Path(args.out), through=args.through,
-            append=not args.no_append, evidence_dir=Path(args.evidence_dir),
-        )  # fmt: skip
+        try:
+            report = run_billing(
+                client, trust, policy, key, Path(args.out), through=args.through,
+                append=not args.no_append, evidence_dir=Path(args.evidence_dir),
+            )  # fmt: skip
+        except AppendRefusedError as exc:
+            print(f"FAILED  {exc}", file=sys.stderr)
+            return EXIT_FAILED
     _say_run(report)
     if args.json:
         print(json.dumps(report.to_json(), sort_keys=True))
     return EXIT_OK
 
 
-@_guarded
+@_online
 def _run_replay(args: argparse.Namespace) -> int:
     trust = _trust(args)
     data = _read(args.statement)
@@ -227,7 +203,7 @@ def _run_dispute(args: argparse.Namespace) -> int:
 
 
 def _run_verify_statement(args: argparse.Namespace) -> int:
-    @_guarded
+    @_online
     def run(args: argparse.Namespace) -> int:
         trust = _policy(args)
         billing_keys = [load_vkey(k, "--billing-key") for k in args.billing_key]

@@ -20,7 +20,7 @@ from typing import Any
 
 from billing.engine import Engine, Run, RunPlan
 from billing.indexes import LeafIndexLists
-from billing.policy import BillingPolicy, parse_policy
+from billing.policy import EXAMPLE, BillingPolicy, parse_policy
 from billing.run import statement_entry
 from tlog.checkpoint import Checkpoint, sign_checkpoint
 from tlog.entry import (
@@ -58,30 +58,8 @@ T0 = 1_790_000_000_000
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 
-POLICY = """\
-currency = "USD"
-minor_exponent = 2
-platform_fee = "0.20"
-
-[reserve]
-share = "0.10"
-release_after_days = 30
-
-[payout]
-minimum_minor = 0
-
-[events]
-training = "once_per_job"
-inference = "every_request"
-preview = "none"
-window_s = 86400
-request_window_s = 600
-late_limit_days = 30
-
-[cache_savings]
-origin_cost_per_gb = "0.08"
-edge_cost_per_gb = "0.02"
-"""
+POLICY = EXAMPLE.replace("minimum_minor = 1000", "minimum_minor = 0")
+"""The example policy, with no minimum payout."""
 
 
 def policy(**changes: str) -> BillingPolicy:
