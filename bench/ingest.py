@@ -484,14 +484,15 @@ def check_first_bundle(run: Run, server: Server, bodies: Sequence[bytes]) -> int
 # -- reporting --------------------------------------------------------------------------------
 
 
-def cpu_note(out: Report, name: str, run: Run) -> None:
+def cpu_note(out: Report, name: str, server: Server, run: Run) -> None:
     """CPU use of the phase; the server's CPU time per receipt is the figure that other work
     on the machine disturbs least (it slows the server, but adds little to its CPU time)."""
     receipts = sum(n for _, n, _ in run.answers)
     out.note(
         f"{name}: server {run.server_cpu_s / run.wall_s:.2f} cores "
         f"({run.server_cpu_s / receipts * 1e6:.0f} us of CPU per receipt), client (this "
-        f"process) {run.client_cpu_s / run.wall_s:.2f} cores, over {run.wall_s:.1f} s"
+        f"process) {run.client_cpu_s / run.wall_s:.2f} cores, over {run.wall_s:.1f} s; "
+        f"server peak RSS so far {server.status('VmHWM') / 1024:.1f} MiB"
     )
 
 
@@ -606,7 +607,7 @@ async def load(plan: Plan, out: Report, server: Server, bodies: list[bytes]) -> 
         f"{small.receipts:,} receipts in {small.seconds:.2f} s, {small.cpu_us:.0f} us of server "
         f"CPU per receipt (first bundle verified in full, index {index})"
     )
-    cpu_note(out, "run 1", run1)
+    cpu_note(out, "run 1", server, run1)
 
     target = plan.latency_rate or small.rate / 2
     latencies, achieved, lrun = await open_loop(server, bodies[n1 : n1 + nl], b, target)
@@ -617,7 +618,7 @@ async def load(plan: Plan, out: Report, server: Server, bodies: list[bytes]) -> 
         f"latency: {nl * b:,} receipts open loop, {nl} batches due every "
         f"{b / target * 1e3:.1f} ms (target {target:,.0f}/s), max {max(latencies):.3f} s"
     )
-    cpu_note(out, "latency", lrun)
+    cpu_note(out, "latency", server, lrun)
 
     size = base + (n1 + nl) * b
     n2 = plan.batches(plan.big + plan.window - size)
@@ -633,7 +634,7 @@ async def load(plan: Plan, out: Report, server: Server, bodies: list[bytes]) -> 
         f"{plan.big:,}: {big.receipts:,} receipts in {big.seconds:.2f} s, {big.cpu_us:.0f} us "
         "of server CPU per receipt"
     )
-    cpu_note(out, "run 2", run2)
+    cpu_note(out, "run 2", server, run2)
     tenths = []
     for k in range(10):
         lo, hi = max(first, k * n2 * b // 10), (k + 1) * n2 * b // 10

@@ -2,7 +2,8 @@
 
 Owns the command-line side of ``POST /v1/admin/edge-keys``: it builds the request (the log
 signs the ``edge_key`` entry with its operator key and logs it), sends it with the operator's
-bearer token, and reports the answer. Imports tlog, verifier.cli and cli.
+bearer token, and reports the answer. The edge's own verbs (submit, run, status, ...) are in
+cli.edge_node, under the same noun. Imports tlog, verifier.cli and cli.
 
 Exit codes: 0 logged, 1 the log refused (bad token, malformed or unknown key), 2 usage
 error, 3 the log is unavailable.
@@ -19,6 +20,7 @@ from pathlib import Path
 import httpx
 
 from cli.client import LogUnavailableError, answer_json, error_text, log_url, post
+from cli.edge_node import add_edge_node_commands
 from cli.keys import read_signing_key
 from tlog.note import ALG_ED25519, Verifier, format_vkey
 from verifier.cli import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, UsageError, load_vkey
@@ -170,9 +172,10 @@ def add_edge_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     """Register ``edge register`` and ``edge revoke`` under the ``edge`` noun."""
     edge = subparsers.add_parser(
         "edge",
-        help="register or revoke an edge's receipt-signing key in a running log",
-        description="Operator requests to a running log: each becomes an edge_key entry, "
-        "signed by the log's operator key. " + _EXIT_HELP,
+        help="run an edge: register its key, spool and submit receipts, serve a demo origin",
+        description="The operator's requests to a running log (register, revoke: each "
+        "becomes an edge_key entry, signed by the log's operator key), and the edge's own "
+        "commands (submit, run, status, requeue, prune, catalog, serve-demo). " + _EXIT_HELP,
     )
     verbs = edge.add_subparsers(dest="verb", required=True, metavar="VERB")
 
@@ -215,6 +218,7 @@ def add_edge_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         help="the start of its window (default: as registered, read from the log)",
     )
     revoke.set_defaults(key_file=None, func=_run_revoke)
+    add_edge_node_commands(verbs)
 
 
 _EXIT_HELP = "Exit codes: 0 logged, 1 refused by the log, 2 usage error, 3 log unavailable."

@@ -17,6 +17,7 @@ from cli.demo import add_demo_command
 from cli.edge import add_edge_commands
 from cli.keys import add_keygen_command
 from cli.receipt import add_receipt_commands
+from cli.tokens import add_token_commands
 from cli.witness import add_witness_commands
 from log_server.cli import add_serve_command
 from verifier.cli import EXIT_USAGE, UsageError, add_receipts_commands, add_verify_commands
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_command(commands)
     add_edge_commands(commands)
     add_receipt_commands(commands)
+    add_token_commands(commands)
     add_verify_commands(commands)
     add_receipts_commands(commands)
     add_witness_commands(commands)

@@ -32,7 +32,13 @@ from tlog.errors import MalformedError, VerificationError
 from tlog.note import Verifier
 from verifier.cli import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, UsageError, load_vkey
 
-__all__ = ["add_receipt_commands", "make_receipts", "proof_file_name", "submit_receipts"]
+__all__ = [
+    "add_receipt_commands",
+    "make_receipts",
+    "proof_file_name",
+    "read_receipt_lines",
+    "submit_receipts",
+]
 
 SUBMIT_PATH = "/v1/receipts"
 MAX_BATCH_LINES = 1024
@@ -170,7 +176,7 @@ def proof_file_name(edge: str, request_id: str) -> str:
     return f"sha256-{digest}{PROOF_SUFFIX}"
 
 
-def _read_lines(path: str) -> tuple[list[Line], list[Outcome]]:
+def read_receipt_lines(path: str) -> tuple[list[Line], list[Outcome]]:
     """The file's receipts, and an outcome for each line that is not one (not sent)."""
     try:
         data = Path(path).read_bytes()
@@ -300,7 +306,7 @@ def _run_submit(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"--out {out}: {exc.strerror or exc}") from exc
-    lines, outcomes = _read_lines(args.file)
+    lines, outcomes = read_receipt_lines(args.file)
     total = len(lines) + len(outcomes)
     for outcome in outcomes:
         _say(outcome)

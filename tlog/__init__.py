@@ -11,5 +11,6 @@ storage are arguments. Nothing of meterlog's is imported here
 (import-linter enforces it).
 
 Modules, bottom-up: ``errors``, ``parsing``, ``hashing``, ``merkle``, ``proofs``, ``tiles``,
-``note``, ``checkpoint``, ``entry``, ``bundle``.
+``note``, ``checkpoint``, ``entry``, ``bundle``, ``token`` (access tokens), ``provenance``
+(the edge's delivery headers).
 """

@@ -1034,9 +1034,11 @@ def sign_receipt(receipt: Receipt, key: SigningKey) -> Receipt:
     """The receipt signed by the edge ``key`` (named after the edge), with its key ID set."""
     if key.name != receipt.edge:
         raise MalformedError("receipt.edge", f"{receipt.edge!r} is not the key's name {key.name!r}")
-    signed = dataclasses.replace(receipt, key_id=_key_id_hex(key.verifier()), signature=b"")
-    message = _fields_json(signed.signed_fields())
-    return dataclasses.replace(signed, signature=key.sign(message))
+    key_id = _key_id_hex(key.verifier())
+    fields = receipt.signed_fields()
+    fields["key_id"] = key_id  # what signed_fields() gives once key_id is set
+    signature = key.sign(_fields_json(fields))
+    return dataclasses.replace(receipt, key_id=key_id, signature=signature)
 
 
 def verify_receipt(receipt: Receipt, edge_key: Verifier) -> None:
@@ -1046,11 +1048,11 @@ def verify_receipt(receipt: Receipt, edge_key: Verifier) -> None:
 
 def sign_edge_key(edge_key: EdgeKey, operator: SigningKey) -> EdgeKey:
     """The edge-key statement signed by the operator key."""
-    signed = dataclasses.replace(
-        edge_key, operator_key_id=_key_id_hex(operator.verifier()), signature=b""
-    )
-    message = _fields_json(signed.signed_fields())
-    return dataclasses.replace(signed, signature=operator.sign(message))
+    key_id = _key_id_hex(operator.verifier())
+    fields = edge_key.signed_fields()
+    fields["operator_key_id"] = key_id  # what signed_fields() gives once the ID is set
+    signature = operator.sign(_fields_json(fields))
+    return dataclasses.replace(edge_key, operator_key_id=key_id, signature=signature)
 
 
 def verify_edge_key(edge_key: EdgeKey, operator: Verifier) -> None:

@@ -87,3 +87,20 @@ class InvalidSignatureError(VerificationError):
 
 class UnknownKeyError(VerificationError):
     """Nothing was signed by any key the caller trusts (or the named key is not known)."""
+
+
+class ValidityError(VerificationError):
+    """A signed statement (e.g. an access token) used outside its validity window.
+
+    ``now_ms`` is the time it was checked at, ``valid_from_ms`` and ``valid_until_ms`` the
+    window it claims, with the caller's leeway already applied; the window is half-open.
+    """
+
+    def __init__(
+        self, reason: str, *, now_ms: int, valid_from_ms: int, valid_until_ms: int
+    ) -> None:
+        super().__init__(f"{reason} (now {now_ms} ms, valid [{valid_from_ms}, {valid_until_ms}))")
+        self.reason = reason
+        self.now_ms = now_ms
+        self.valid_from_ms = valid_from_ms
+        self.valid_until_ms = valid_until_ms

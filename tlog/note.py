@@ -20,6 +20,7 @@ signature by a known key verified, and raises if any known key's signature does 
 
 from __future__ import annotations
 
+import functools
 import struct
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -141,6 +142,13 @@ def _cosignature_timestamp(signature: bytes) -> int | None:
     return timestamp if timestamp <= _MAX_TIMESTAMP else None
 
 
+@functools.lru_cache(maxsize=64)
+def _nacl_key(seed: bytes) -> _NaclSigningKey:
+    """The expanded Ed25519 key of a seed. Expanding costs about as much as signing, and a
+    signer (an edge, the log) signs with the same few keys all the time, so keep a few."""
+    return _NaclSigningKey(seed)
+
+
 @dataclass(frozen=True, slots=True)
 class SigningKey:
     """A private note key: ``name`` and the 32-byte Ed25519 seed. Keep it secret.
@@ -162,7 +170,7 @@ class SigningKey:
 
     @property
     def public_key(self) -> bytes:
-        return bytes(_NaclSigningKey(self.seed).verify_key)
+        return bytes(_nacl_key(self.seed).verify_key)
 
     def verifier(self, alg: int = ALG_ED25519) -> Verifier:
         return Verifier(self.name, alg, self.public_key)
@@ -177,7 +185,7 @@ class SigningKey:
 
     def sign(self, message: bytes) -> bytes:
         """A raw Ed25519 signature over ``message`` (64 bytes)."""
-        return _NaclSigningKey(self.seed).sign(message).signature
+        return _nacl_key(self.seed).sign(message).signature
 
 
 @dataclass(frozen=True, slots=True)
