@@ -638,8 +638,8 @@ async def get_tile(request: Request) -> Response:
         raise HTTPException(404, f"{tile.path()} is not in the tree of size {size}")
     if tile.level == ENTRIES:
         start = tile.n * TILE_WIDTH
-        records = await asyncio.to_thread(state.storage.entries, start, start + tile.width)
-        data = encode_entry_bundle([r.data for r in records])
+        entries = await asyncio.to_thread(state.storage.entry_data, start, start + tile.width)
+        data = encode_entry_bundle(entries)
     else:
         hashes = await asyncio.to_thread(state.storage.read_hashes, tile_hash_indexes(tile))
         data = b"".join(hashes)
