@@ -465,6 +465,12 @@ def _announce(settings: Settings, port: int) -> None:
         f"  operator token: {settings.operator_token_file}",
         f"  data dir:       {config.data_dir}",
     ]
+    if config.billing_keys is not None:
+        count = len(read_billing_keys(config.billing_keys))
+        lines.append(
+            f"  billing keys:   {count} in {config.billing_keys} (statements they sign are "
+            "accepted)"
+        )
     if config.anchor_rpc is not None:
         lines.append(
             f"  anchoring:      on {_display_rpc(config.anchor_rpc)} every "
