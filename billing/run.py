@@ -58,6 +58,7 @@ __all__ = [
 
 _SAFE = re.compile(r"[^A-Za-z0-9._@-]")
 _APPEND_BATCH = 1000
+_CSV_BATCH = 4096
 CSV_COLUMNS = (
     "line", "type", "period", "for_period_end_ms", "content_id", "manifest", "version", "scope",
     "consumer_id", "quantity", "unit", "rate", "sample_rates", "amount_minor", "fee_minor",
@@ -169,11 +170,14 @@ def _csv_chunks(run: Run, statement: CreatorStatement) -> Iterable[bytes]:
             ]
         )  # fmt: skip
         yield row.getvalue().encode() + b","
-        first = True
+        batch: list[str] = []
+        separator = ""
         for index in source("line", line.number):
-            yield (b"%d" if first else b" %d") % index
-            first = False
-        yield b"\r\n"
+            batch.append(str(index))
+            if len(batch) == _CSV_BATCH:
+                yield (separator + " ".join(batch)).encode()
+                batch, separator = [], " "
+        yield ((separator + " ".join(batch)) if batch else "").encode() + b"\r\n"
 
 
 def statement_entry(document: StatementDocument, digest: str) -> Statement:
