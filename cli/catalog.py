@@ -19,13 +19,13 @@ import json
 import sys
 from pathlib import Path
 
-from cli.client import LogUnavailableError, answer_json, error_text, log_url, post
+from cli.client import log_url, post_for_entry
 from cli.edge import _read_token as read_token
 from cli.keys import read_signing_key
 from tlog.entry import TERMS, Manifest, encode_entry, sign_manifest
 from tlog.errors import MalformedError
 from tlog.note import ALG_ED25519, Verifier, format_vkey
-from verifier.cli import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, UsageError, load_vkey
+from verifier.cli import EXIT_OK, UsageError, load_vkey
 
 __all__ = ["add_catalog_commands", "send_entry"]
 
@@ -35,25 +35,11 @@ def send_entry(
 ) -> int:
     """POST ``body`` to the log's ``path``; report the answer (``what`` names it)."""
     url = log_url(args.log) + path
-    try:
-        response = post(url, body, "application/json", token=token, timeout_s=args.timeout)
-        if response.status_code != 200:
-            print(
-                f"meterlog: the log refused the {what} (HTTP {response.status_code}): "
-                f"{error_text(response)}",
-                file=sys.stderr,
-            )
-            return EXIT_FAILED
-        answer = answer_json(response)
-    except LogUnavailableError as exc:
-        print(f"meterlog: the log is unavailable: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    if args.json:
-        print(json.dumps(answer, sort_keys=True))
-    print(
-        f"{what}: {answer.get('status')} at index {answer.get('index')}",
-        file=sys.stderr,
-    )
+    answer = post_for_entry(url, body, what, token=token, timeout_s=args.timeout,
+                            as_json=args.json)  # fmt: skip
+    if isinstance(answer, int):
+        return answer
+    print(f"{what}: {answer.get('status')} at index {answer.get('index')}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -25,6 +25,7 @@ import pytest
 
 from billing.policy import EXAMPLE
 from cli.main import main
+from tests.e2e.test_edge import meterlog
 from tests.edge_signer.edge_process import EdgeProcess, start_demo
 from tests.log_server.server_process import ServerProcess, running_server
 from tlog.provenance import parse_receipt_ref
@@ -43,15 +44,6 @@ class World:
 
     def path(self, name: str) -> str:
         return str(self.root / name)
-
-
-def meterlog(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    """Run ``meterlog ARGV`` in process; it must succeed. Its stdout."""
-    capsys.readouterr()
-    status = main(list(argv))
-    out, err = capsys.readouterr()
-    assert status == 0, err
-    return out
 
 
 @pytest.fixture
