@@ -492,10 +492,12 @@ class Storage:
         ]
 
     def edge_key(self, edge: str, key_id: str) -> EdgeKeyRecord | None:
-        row = self._t.edge_keys.get_or_none(
-            (self._t.edge_keys.edge == edge) & (self._t.edge_keys.key_id == key_id)
-        )
-        return None if row is None else _edge_key(row)
+        # SQL written here, as in read_hashes: every submitted batch asks for its keys.
+        table, mark = self._t.edge_keys._meta.table_name, self.db.param
+        columns = '"edge", "key_id", "vkey", "valid_from_ms", "valid_until_ms", "entry_index"'
+        sql = f'SELECT {columns} FROM "{table}" WHERE "edge" = {mark} AND "key_id" = {mark}'  # noqa: S608
+        row = self.db.execute_sql(sql, (edge, key_id)).fetchone()
+        return None if row is None else EdgeKeyRecord(*row)
 
     # -- witness cosignatures (log_server.witnesses) ------------------------------------------
 

@@ -77,14 +77,10 @@ def stored_hash_index(level: int, n: int) -> int:
     [2, 5, 9, 12]
     """
     # The node's hash is stored right after that of the last leaf beneath it, once the
-    # `level` subtree roots completed by that leaf have been written.
+    # `level` subtree roots completed by that leaf have been written. Before leaf m come
+    # m leaf hashes and the m // 2 + m // 4 + ... interior ones, 2m - popcount(m) in all.
     last_leaf = ((n + 1) << level) - 1
-    index = 0
-    m = last_leaf
-    while m > 0:
-        index += m
-        m >>= 1
-    return index + level
+    return 2 * last_leaf - last_leaf.bit_count() + level
 
 
 def split_stored_hash_index(index: int) -> tuple[int, int]:
@@ -141,6 +137,10 @@ def _subtrees(lo: int, hi: int) -> Iterator[tuple[int, int]]:
 
 def range_indexes(lo: int, hi: int) -> list[int]:
     """The stored hash indexes whose fold is MTH(D[lo:hi]), largest subtree first."""
+    size = hi - lo
+    if size > 0 and not size & (size - 1) and not lo & (size - 1):  # one complete subtree,
+        level = size.bit_length() - 1  # as most ranges of a proof are
+        return [stored_hash_index(level, lo >> level)]
     return [stored_hash_index(level, n) for level, n in _subtrees(lo, hi)]
 
 
