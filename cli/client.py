@@ -1,21 +1,31 @@
 """The command line's HTTP client for a running log: URLs, requests, and what failures mean.
 
 Owns talking to a log over HTTP for the ``edge``, ``receipt`` and ``verify anchor`` commands
-(httpx, sync): the ``--log`` URL, a POST and a GET helper, and the line between "the log
-refused" (an answer, 4xx, exit 1) and "the log is unavailable" (no answer, a timeout, or 5xx:
-:class:`LogUnavailableError`, exit 3). Imports httpx and verifier.cli (for UsageError).
+(httpx, sync): the ``--log`` URL, a POST and a GET helper, a POST of a request that becomes
+an entry (:func:`post_for_entry`), and the line between "the log refused" (an answer, 4xx,
+exit 1) and "the log is unavailable" (no answer, a timeout, or 5xx: :class:`LogUnavailableError`,
+exit 3). Imports httpx and verifier.cli (for UsageError).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from urllib.parse import urlsplit
 
 import httpx
 
-from verifier.cli import UsageError
+from verifier.cli import EXIT_FAILED, EXIT_UNAVAILABLE, UsageError
 
-__all__ = ["LogUnavailableError", "answer_json", "error_text", "get", "log_url", "post"]
+__all__ = [
+    "LogUnavailableError",
+    "answer_json",
+    "error_text",
+    "get",
+    "log_url",
+    "post",
+    "post_for_entry",
+]
 
 USER_AGENT = "meterlog-cli"
 
@@ -94,3 +104,33 @@ def describe_error(error: object) -> str:
     if isinstance(error, dict):
         return f"{error.get('field', '?')}: {error.get('reason', '?')}"
     return "no reason given"
+
+
+def post_for_entry(
+    url: str,
+    body: bytes,
+    what: str,
+    *,
+    token: str | None = None,
+    timeout_s: float = 30.0,
+    as_json: bool = False,
+) -> dict[str, object] | int:
+    """POST a request that the log turns into an entry (``what`` names it in messages): the
+    log's answer (printed on stdout with ``as_json``), or, when the log refused it or could
+    not be reached, the exit code, after saying why on stderr."""
+    try:
+        response = post(url, body, "application/json", token=token, timeout_s=timeout_s)
+        if response.status_code != 200:
+            print(
+                f"meterlog: the log refused the {what} (HTTP {response.status_code}): "
+                f"{error_text(response)}",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+        answer = answer_json(response)
+    except LogUnavailableError as exc:
+        print(f"meterlog: the log is unavailable: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    if as_json:
+        print(json.dumps(answer, sort_keys=True))
+    return answer

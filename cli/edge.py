@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from cli.client import LogUnavailableError, answer_json, error_text, log_url, post
+from cli.client import LogUnavailableError, answer_json, error_text, log_url, post_for_entry
 from cli.edge_node import add_edge_node_commands
 from cli.keys import read_signing_key
 from tlog.note import ALG_ED25519, Verifier, format_vkey
@@ -61,21 +61,12 @@ def _send(args: argparse.Namespace, request: dict[str, object]) -> int:
     url = log_url(args.log) + ADMIN_PATH
     body = json.dumps(request, sort_keys=True).encode()
     token = _read_token(args.token_file)
-    try:
-        response = post(url, body, "application/json", token=token, timeout_s=args.timeout)
-        if response.status_code != 200:
-            print(
-                f"meterlog: the log refused the {request['action']} request "
-                f"(HTTP {response.status_code}): {error_text(response)}",
-                file=sys.stderr,
-            )
-            return EXIT_FAILED
-        answer = answer_json(response)
-    except LogUnavailableError as exc:
-        print(f"meterlog: the log is unavailable: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    if args.json:
-        print(json.dumps(answer, sort_keys=True))
+    answer = post_for_entry(
+        url, body, f"{request['action']} request", token=token, timeout_s=args.timeout,
+        as_json=args.json,
+    )  # fmt: skip
+    if isinstance(answer, int):
+        return answer
     if answer.get("status") != "logged":
         print(f"meterlog: the log answered {answer.get('status')!r}: {answer}", file=sys.stderr)
         return EXIT_FAILED

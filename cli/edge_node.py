@@ -30,6 +30,7 @@ from pathlib import Path
 from types import FrameType
 
 from cli.client import log_url
+from cli.log_catalog import CatalogUnavailableError, fetch_catalog
 from cli.receipt import read_receipt_lines
 from edge_signer.catalog import Catalog, build_catalog, format_catalog, load_catalog
 from edge_signer.signer import EdgeKeyError, EdgeSigner, SignedReceipt, load_edge_key
@@ -297,6 +298,8 @@ def _run_prune(args: argparse.Namespace) -> int:
 
 
 def _catalog(args: argparse.Namespace, directory: Path) -> Catalog:
+    if getattr(args, "from_log", False):
+        return _catalog_from_log(args, directory)
     if args.catalog is not None:
         try:
             return load_catalog(Path(args.catalog))
@@ -321,6 +324,30 @@ def _catalog(args: argparse.Namespace, directory: Path) -> Catalog:
         flag = {"creator_id": "--creator", "license": "--license", "scopes": "--scope"}
         name = exc.field.rpartition(".")[2]
         raise UsageError(f"{flag.get(name, '--' + name)}: {exc.reason}") from exc
+
+
+def _catalog_from_log(args: argparse.Namespace, directory: Path) -> Catalog:
+    """The catalog built from the log's manifest entries (cli.log_catalog)."""
+    if args.log is None or args.log_key is None:
+        raise UsageError("--from-log needs --log and --log-key")
+    if not directory.is_dir():
+        raise UsageError(f"{directory}: not a directory")
+    try:
+        catalog, uncovered = fetch_catalog(
+            log_url(args.log), load_vkey(args.log_key, "--log-key"), directory,
+            prefix=args.prefix, origin=args.origin, timeout_s=args.timeout,
+        )  # fmt: skip
+    except CatalogUnavailableError as exc:
+        print(f"meterlog: the log is unavailable: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_UNAVAILABLE) from exc
+    except VerificationError as exc:
+        print(f"FAILED  the log's catalog does not verify: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILED) from exc
+    except MalformedError as exc:
+        raise UsageError(f"{exc.field}: {exc.reason}") from exc
+    for path in uncovered:
+        print(f"  {path}: no live manifest version in the log; not served", file=sys.stderr)
+    return catalog
 
 
 def _run_catalog(args: argparse.Namespace) -> int:
@@ -489,6 +516,12 @@ def _add_catalog_terms(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prefix", default="/", metavar="PATH", help="the URL path the directory is served at"
     )
+    parser.add_argument(
+        "--from-log",
+        action="store_true",
+        help="build the catalog from the log's creator and manifest entries (verified with "
+        "--log-key): each file under the newest version of its content_id not withdrawn",
+    )
 
 
 def add_edge_node_commands(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -571,6 +604,10 @@ def add_edge_node_commands(verbs: argparse._SubParsersAction[argparse.ArgumentPa
     )
     catalog.add_argument("directory", metavar="DIRECTORY")
     _add_catalog_terms(catalog)
+    catalog.add_argument("--log", metavar="URL", help="with --from-log: the log's base URL")
+    catalog.add_argument("--log-key", metavar="VKEY", help="with --from-log: the log's key")
+    catalog.add_argument("--origin", help="with --from-log: require this checkpoint origin")
+    catalog.add_argument("--timeout", type=_seconds, default=30.0, metavar="S")
     catalog.add_argument("--out", metavar="FILE", help="write it here (default: stdout)")
     catalog.set_defaults(func=_run_catalog)
 

@@ -11,6 +11,8 @@ import sys
 from collections.abc import Sequence
 
 from cli.anchor import add_anchor_commands, add_verify_anchor_command
+from cli.billing import add_billing_commands, add_verify_statement_command
+from cli.catalog import add_catalog_commands
 from cli.demo import add_demo_command
 from cli.edge import add_edge_commands
 from cli.keys import add_keygen_command
@@ -36,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_receipts_commands(commands)
     add_witness_commands(commands)
     add_verify_anchor_command(commands.choices["verify"])
+    add_verify_statement_command(commands.choices["verify"])
+    add_catalog_commands(commands)
+    add_billing_commands(commands)
     add_anchor_commands(commands)
     add_demo_command(commands)
     return parser

@@ -8,8 +8,12 @@ serves), the ``creator_id``, the ``manifest`` digest in force, the ``license`` U
 scopes are only ``training`` is a dataset: an ``inference`` or ``preview`` token cannot
 fetch it. Imports tlog only (the file's canonical JSON and errors).
 
-The catalog is a local file for now; when manifests become log entries, the edge will build
-the same :class:`Catalog` from the log instead.
+The catalog is a local file, or built from the log (:func:`catalog_from_log`): the log's
+``creator`` and ``manifest`` entries say, for each content_id, which creator published which
+versions under which license and scopes, and which were withdrawn; the edge hashes the files
+it serves and catalogues each under the newest version in force. Fetching those entries and
+authenticating them against a checkpoint is the caller's (cli/log_catalog.py: edge_signer
+may not import the verifier).
 
 >>> catalog = parse_catalog(b'''{"format": "meterlog-catalog-v1", "items": {"/a.txt": {
 ...   "creator_id": "acct:alice", "manifest": "sha256:''' + b"cd" * 32 + b'''",
@@ -25,18 +29,19 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tlog.entry import SCOPES, canonical_json
-from tlog.errors import MalformedError
+from tlog.entry import SCOPES, Creator, Manifest, canonical_json, verify_manifest
+from tlog.errors import MalformedError, VerificationError
 
 __all__ = [
     "FORMAT",
     "Catalog",
     "CatalogItem",
     "build_catalog",
+    "catalog_from_log",
     "content_digest",
     "format_catalog",
     "load_catalog",
@@ -229,3 +234,58 @@ def build_catalog(
             scopes=scopes,
         )
     return Catalog(items)
+
+
+def catalog_from_log(
+    root: Path, entries: Iterable[Creator | Manifest], *, prefix: str = "/"
+) -> tuple[Catalog, list[str]]:
+    """A catalog of the files under ``root`` (served at ``prefix``) from the log's
+    ``creator`` and ``manifest`` entries (in index order): each file, by its content_id, under
+    the newest published version that is not withdrawn, with that version's license and
+    scopes. Returns the catalog and the paths of the files no live version covers (they are
+    left out: the edge answers 404 for them).
+
+    Each manifest must be signed by its creator's key as the latest ``creator`` entry before
+    it registers it, as the log checked when it logged it; one that is not raises
+    VerificationError (the entries did not come from an honest log).
+    """
+    if not prefix.startswith("/") or not prefix.endswith("/"):
+        raise MalformedError("prefix", f"{prefix!r} must start and end with '/'")
+    keys: dict[str, Creator] = {}
+    versions: dict[str, dict[int, Manifest]] = {}
+    withdrawn: set[str] = set()
+    for entry in entries:
+        if isinstance(entry, Creator):
+            keys[entry.creator_id] = entry
+            continue
+        creator = keys.get(entry.creator_id)
+        if creator is None:
+            raise VerificationError(f"manifest {entry.manifest}: its creator is not registered")
+        verify_manifest(entry, creator.verifier)
+        if entry.action == "withdraw":
+            withdrawn.add(entry.manifest)
+        else:
+            versions.setdefault(entry.content_id, {})[entry.version] = entry
+    items: dict[str, CatalogItem] = {}
+    uncovered: list[str] = []
+    for path in _files(root):
+        url_path = prefix + path.relative_to(root).as_posix()
+        content_id = content_digest(path)
+        live = [
+            m
+            for v, m in sorted(versions.get(content_id, {}).items())
+            if m.manifest not in withdrawn
+        ]
+        if not live:
+            uncovered.append(url_path)
+            continue
+        manifest = live[-1]
+        items[url_path] = CatalogItem(
+            path=url_path,
+            creator_id=manifest.creator_id,
+            manifest=manifest.manifest,
+            license=manifest.license or "",
+            scopes=manifest.scopes,
+            content_id=content_id,
+        )
+    return Catalog(items), uncovered

@@ -12,7 +12,7 @@ import asyncio
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -27,7 +27,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from log_server.config import Config, DataDir
+from log_server.catalog import (
+    admin_fields,
+    creator_json,
+    dispute_json,
+    manifest_json,
+    query_text,
+    revenue_json,
+    statement_json,
+)
+from log_server.config import Config, DataDir, read_billing_keys
 from log_server.metrics import Metrics
 from log_server.openapi import OPENAPI
 from log_server.sequencer import (
@@ -44,11 +53,20 @@ from log_server.storage import EdgeKeyRecord, Storage, StoredCheckpoint
 from log_server.witnesses import Witnessing
 from tlog.bundle import ProofBundle, format_bundle
 from tlog.entry import (
+    Creator,
+    Dispute,
     EdgeKey,
+    Entry,
+    Manifest,
     Receipt,
+    Revenue,
+    Statement,
     canonical_json,
     decode_entry,
+    sign_creator,
+    sign_dispute,
     sign_edge_key,
+    sign_revenue,
     signed_message,
 )
 from tlog.errors import MalformedError
@@ -99,9 +117,12 @@ class _State:
     witnessing: Witnessing | None = None
     anchoring: Anchoring | None = None
     """The anchoring job, when --anchor-rpc is set (log_server.anchoring)."""
+    billing_keys: frozenset[str] = frozenset()
+    """The billing keys (verifier key strings) whose statements the log accepts."""
 
 
 _T = TypeVar("_T")
+_E = TypeVar("_E", Manifest, Dispute, Statement)
 
 
 async def _on_work_thread(state: _State, function: Callable[..., _T], *args: object) -> _T:
@@ -359,6 +380,232 @@ async def admin_edge_key(request: Request) -> Response:
     return _JSON(answer, status_code=409 if answer["status"] == "rejected" else 200)
 
 
+# -- the catalog and billing: creators, manifests, statements, disputes, revenue -----------
+# Each request becomes one entry (a batch of statements, several), logged through the pool
+# like any other; the rules the sequencer applies are log_server.catalog's.
+
+
+def _status_of(answer: Mapping[str, object]) -> int:
+    """200 logged or duplicate; 403 a signature the log cannot accept; 409 refused by the
+    registries as they stand (an unknown creator, a run that does not chain, ...)."""
+    if answer["status"] in ("logged", "duplicate"):
+        return 200
+    error = answer.get("error")
+    field = error.get("field", "") if isinstance(error, dict) else ""
+    return 403 if str(field).endswith(".signature") else 409
+
+
+async def _log_entries(state: _State, entries: list[Entry]) -> list[dict[str, object]]:
+    outcomes, checkpoint = await state.pool.submit(entries)
+    answers: list[dict[str, object]] = await _on_work_thread(
+        state, _answers, state, outcomes, checkpoint
+    )
+    return answers
+
+
+async def _log_one(state: _State, entry: Entry) -> Response:
+    (answer,) = await _log_entries(state, [entry])
+    return _JSON(answer, status_code=_status_of(answer))
+
+
+async def _json_body(request: Request) -> object:
+    body = await _read_body(request, 64 << 10)
+    return json.loads(body, parse_float=_reject_float, parse_constant=_reject_float)
+
+
+def _signed_entry(item: object, kind: type[_E]) -> _E:
+    """A signed entry as submitted (its canonical bytes, or a JSON object), checked to be a
+    ``kind`` the log has not stamped yet."""
+    entry = decode_entry(item if isinstance(item, bytes) else canonical_json(item))
+    if not isinstance(entry, kind):
+        raise MalformedError(f"{kind.kind}.kind", f"only {kind.kind} entries may be sent here")
+    if entry.logged_at_ms is not None:
+        raise MalformedError(f"{kind.kind}.logged_at_ms", "is set by the log")
+    return entry
+
+
+async def admin_creator(request: Request) -> Response:
+    """Register a creator (or rotate its key, or change its currency): a ``creator`` entry
+    signed by the operator key."""
+    state = _state(request)
+    _authorize(request, state)
+    fields = admin_fields(
+        await _json_body(request), "creator",
+        {"creator_id": str, "key": str, "currency": str}, ("creator_id", "key", "currency"),
+    )  # fmt: skip
+    entry = sign_creator(Creator(**fields), state.keys.operator_key)  # type: ignore[arg-type]
+    return await _log_one(state, entry)
+
+
+async def submit_manifest(request: Request) -> Response:
+    """A creator-signed ``manifest`` entry (publish or withdraw); no token: the signature by
+    the creator's registered key is the authority."""
+    state = _state(request)
+    return await _log_one(state, _signed_entry(await _json_body(request), Manifest))
+
+
+async def submit_dispute(request: Request) -> Response:
+    """A creator-signed ``dispute`` entry: open one, or withdraw it (close, by the creator)."""
+    state = _state(request)
+    entry = _signed_entry(await _json_body(request), Dispute)
+    if entry.by != "creator":
+        raise MalformedError("dispute.by", "the operator resolves disputes on the admin route")
+    return await _log_one(state, entry)
+
+
+async def admin_resolve_dispute(request: Request) -> Response:
+    """Close an open dispute as resolved: a ``dispute`` entry signed by the operator."""
+    state = _state(request)
+    _authorize(request, state)
+    fields = admin_fields(
+        await _json_body(request), "dispute",
+        {"creator_id": str, "statement": str, "line": int, "reason": str},
+        ("creator_id", "statement", "line", "reason"),
+    )  # fmt: skip
+    dispute = Dispute(action="close", by="operator", **fields)  # type: ignore[arg-type]
+    return await _log_one(state, sign_dispute(dispute, state.keys.operator_key))
+
+
+async def admin_revenue(request: Request) -> Response:
+    """Declare a buyer's revenue for a period: a ``revenue`` entry signed by the operator."""
+    state = _state(request)
+    _authorize(request, state)
+    fields = admin_fields(
+        await _json_body(request), "revenue",
+        {"consumer_id": str, "currency": str, "amount_minor": int, "period_start_ms": int,
+         "period_end_ms": int, "reference": str},
+        ("consumer_id", "currency", "amount_minor", "period_start_ms", "period_end_ms",
+         "reference"),
+    )  # fmt: skip
+    entry = sign_revenue(Revenue(**fields), state.keys.operator_key)  # type: ignore[arg-type]
+    return await _log_one(state, entry)
+
+
+async def submit_statements(request: Request) -> Response:
+    """One billing run's ``statement`` entries (a JSON array, or JSON Lines), each signed by
+    a billing key the log is configured with; logged in one seal. 200 when every one is
+    logged (or was already), else 403/409 with one result per statement."""
+    state = _state(request)
+    if not state.billing_keys:
+        raise HTTPException(403, "this log accepts no statements (it has no --billing-keys)")
+    config = state.config
+    body = await _read_body(request, config.max_body_bytes)
+    items = _parse_batch(body, request.headers.get("content-type", ""), config.max_batch_receipts)
+    entries: list[Entry] = []
+    for item in items:
+        entry = _signed_entry(item, Statement)
+        if entry.billing_key not in state.billing_keys:
+            raise HTTPException(403, f"{entry.billing_key} is not a billing key of this log")
+        entries.append(entry)
+    answers = await _log_entries(state, entries)
+    status = max(_status_of(answer) for answer in answers)
+    return _JSON({"results": answers}, status_code=status)
+
+
+def _page(request: Request, state: _State) -> tuple[int, int]:
+    after = _query_int(request, "after") if "after" in request.query_params else -1
+    limit = _query_int(request, "limit", 100)
+    if not 1 <= limit <= state.config.page_limit:
+        raise MalformedError("limit", f"must be in 1..{state.config.page_limit}")
+    return after, limit
+
+
+async def get_creators(request: Request) -> Response:
+    records = await asyncio.to_thread(_state(request).storage.billing.creators)
+    return _JSON({"creators": [creator_json(r) for r in records]})
+
+
+async def get_creator(request: Request) -> Response:
+    creator_id = str(query_text(request.path_params["creator_id"], "creator_id"))
+    record = await asyncio.to_thread(_state(request).storage.billing.creator, creator_id)
+    if record is None:
+        raise HTTPException(404, f"no creator {creator_id}")
+    return _JSON(creator_json(record))
+
+
+async def get_catalog(request: Request) -> Response:
+    """Published manifest versions in log order (``?creator=``, ``?content=``), each with
+    its entry index and withdrawal; page with ``after`` (an entry index) and ``limit``."""
+    state = _state(request)
+    after, limit = _page(request, state)
+    creator = query_text(request.query_params.get("creator"), "creator")
+    content = query_text(request.query_params.get("content"), "content")
+    records = await asyncio.to_thread(
+        lambda: state.storage.billing.manifests(
+            creator_id=creator,
+            content_id=content,
+            after=after,
+            limit=limit,
+        )
+    )
+    next_after = records[-1].entry_index if len(records) == limit else None
+    return _JSON({"manifests": [manifest_json(r) for r in records], "next_after": next_after})
+
+
+async def get_statements(request: Request) -> Response:
+    """Logged statements in log order (``?currency=``, ``?creator=``; ``latest=1``: newest
+    first), paged by ``after`` (an entry index) and ``limit``."""
+    state = _state(request)
+    after, limit = _page(request, state)
+    latest = request.query_params.get("latest", "0")
+    if latest not in ("0", "1"):
+        raise MalformedError("latest", "must be 0 or 1")
+    currency = query_text(request.query_params.get("currency"), "currency")
+    creator = query_text(request.query_params.get("creator"), "creator")
+    records = await asyncio.to_thread(
+        lambda: state.storage.billing.statements(
+            currency,
+            creator,
+            after=after,
+            limit=limit,
+            latest=latest == "1",
+        )
+    )
+    more = len(records) == limit and latest == "0"
+    return _JSON(
+        {
+            "statements": [statement_json(r) for r in records],
+            "next_after": records[-1].entry_index if more else None,
+        }
+    )
+
+
+async def get_statement(request: Request) -> Response:
+    digest = str(query_text(request.path_params["digest"], "digest"))
+    record = await asyncio.to_thread(_state(request).storage.billing.statement, digest)
+    if record is None:
+        raise HTTPException(404, f"no statement {digest} in the log")
+    return _JSON(statement_json(record))
+
+
+async def get_disputes(request: Request) -> Response:
+    """Disputes in log order (``?creator=``, ``?statement=``; ``open=1``: open ones only)."""
+    state = _state(request)
+    open_only = request.query_params.get("open", "0")
+    if open_only not in ("0", "1"):
+        raise MalformedError("open", "must be 0 or 1")
+    creator = query_text(request.query_params.get("creator"), "creator")
+    statement = query_text(request.query_params.get("statement"), "statement")
+    records = await asyncio.to_thread(
+        lambda: state.storage.billing.disputes(
+            creator, open_only=open_only == "1", statement=statement
+        )
+    )
+    return _JSON({"disputes": [dispute_json(r) for r in records]})
+
+
+async def get_revenue(request: Request) -> Response:
+    consumer = query_text(request.query_params.get("consumer"), "consumer")
+    if consumer is None:
+        raise MalformedError("consumer", "missing")
+    records = await asyncio.to_thread(_state(request).storage.billing.revenue, consumer)
+    return _JSON({"revenue": [revenue_json(r) for r in records]})
+
+
+async def get_billing_keys(request: Request) -> Response:
+    return _JSON({"billing_keys": sorted(_state(request).billing_keys)})
+
+
 # -- reading ------------------------------------------------------------------------------
 
 
@@ -391,8 +638,8 @@ async def get_tile(request: Request) -> Response:
         raise HTTPException(404, f"{tile.path()} is not in the tree of size {size}")
     if tile.level == ENTRIES:
         start = tile.n * TILE_WIDTH
-        records = await asyncio.to_thread(state.storage.entries, start, start + tile.width)
-        data = encode_entry_bundle([r.data for r in records])
+        entries = await asyncio.to_thread(state.storage.entry_data, start, start + tile.width)
+        data = encode_entry_bundle(entries)
     else:
         hashes = await asyncio.to_thread(state.storage.read_hashes, tile_hash_indexes(tile))
         data = b"".join(hashes)
@@ -739,6 +986,9 @@ def create_app(config: Config) -> Starlette:
         work = ThreadPoolExecutor(1, thread_name_prefix="meterlog-work")
         signatures = SignatureChecker(config.verify_processes, work)
         witnessing = _witnessing(config, storage)
+        billing_keys = (
+            frozenset() if config.billing_keys is None else read_billing_keys(config.billing_keys)
+        )
         app.state.log = _State(
             config,
             storage,
@@ -749,6 +999,7 @@ def create_app(config: Config) -> Starlette:
             signatures,
             witnessing=witnessing,
             anchoring=anchoring,
+            billing_keys=billing_keys,
         )
         scheduler = _scheduler(config, pool, witnessing, anchoring, anchor_thread)
         scheduler.start()
@@ -783,6 +1034,20 @@ def create_app(config: Config) -> Starlette:
         Route("/v1/edge-keys", get_edge_keys, methods=["GET"]),
         Route("/v1/anchors", get_anchors, methods=["GET"]),
         Route("/v1/admin/edge-keys", admin_edge_key, methods=["POST"]),
+        Route("/v1/admin/creators", admin_creator, methods=["POST"]),
+        Route("/v1/admin/disputes", admin_resolve_dispute, methods=["POST"]),
+        Route("/v1/admin/revenue", admin_revenue, methods=["POST"]),
+        Route("/v1/manifests", submit_manifest, methods=["POST"]),
+        Route("/v1/statements", submit_statements, methods=["POST"]),
+        Route("/v1/disputes", submit_dispute, methods=["POST"]),
+        Route("/v1/creators", get_creators, methods=["GET"]),
+        Route("/v1/creators/{creator_id}", get_creator, methods=["GET"]),
+        Route("/v1/catalog", get_catalog, methods=["GET"]),
+        Route("/v1/statements", get_statements, methods=["GET"]),
+        Route("/v1/statements/{digest}", get_statement, methods=["GET"]),
+        Route("/v1/disputes", get_disputes, methods=["GET"]),
+        Route("/v1/revenue", get_revenue, methods=["GET"]),
+        Route("/v1/billing-keys", get_billing_keys, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", get_metrics, methods=["GET"]),
         Route("/openapi.json", get_openapi, methods=["GET"]),

@@ -41,7 +41,7 @@ from typing import Any
 
 from anchor.record import parse_address
 from anchor.secret import AnchorKey, AnchorKeyError
-from log_server.config import Config, DataDir
+from log_server.config import Config, DataDir, read_billing_keys
 from tlog.errors import MalformedError
 from tlog.note import ALG_ED25519, Verifier
 from tlog.policy import parse_policy
@@ -179,6 +179,17 @@ def _witness_policy(value: str) -> Path:
     return path
 
 
+def _billing_keys(value: str) -> Path:
+    path = _path(value)
+    try:
+        read_billing_keys(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read it: {exc}") from exc
+    except MalformedError as exc:
+        raise ValueError(f"not a file of Ed25519 verifier keys: {exc}") from exc
+    return path
+
+
 @dataclass(frozen=True, slots=True)
 class Option:
     """One ``serve`` setting: flag ``--<name with dashes>``, variable ``METERLOG_<NAME>``,
@@ -231,6 +242,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("witness_policy", "FILE", "witnesses to submit each checkpoint to, and the quorum "
            "GET /checkpoint waits for (C2SP tlog-policy style: witness NAME VKEY URL, quorum)",
            _witness_policy, (str,), None, "witness_policy", "none"),
+    Option("billing_keys", "FILE", "the billing keys whose statements the log accepts: "
+           "a file of verifier keys, one per line", _billing_keys, (str,), None,
+           "billing_keys", "none: no statements"),
     Option("witness_interval", "S", "seconds between rounds of witness submissions",
            _seconds, (int, float), "1", "witness_interval_s"),
     Option("anchor_rpc", "URL", "anchor checkpoints on this chain: an http(s) JSON-RPC URL, "
@@ -451,6 +465,12 @@ def _announce(settings: Settings, port: int) -> None:
         f"  operator token: {settings.operator_token_file}",
         f"  data dir:       {config.data_dir}",
     ]
+    if config.billing_keys is not None:
+        count = len(read_billing_keys(config.billing_keys))
+        lines.append(
+            f"  billing keys:   {count} in {config.billing_keys} (statements they sign are "
+            "accepted)"
+        )
     if config.anchor_rpc is not None:
         lines.append(
             f"  anchoring:      on {_display_rpc(config.anchor_rpc)} every "

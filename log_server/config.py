@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from anchor.secret import AnchorKey
-from tlog.note import SigningKey, format_skey, format_vkey, parse_skey
+from tlog.errors import MalformedError
+from tlog.note import ALG_ED25519, SigningKey, format_skey, format_vkey, parse_skey, parse_vkey
 
-__all__ = ["Config", "DataDir"]
+__all__ = ["Config", "DataDir", "read_billing_keys"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,9 @@ class Config:
     witness_policy: Path | None = None
     """A C2SP tlog-policy style file of the witnesses to submit checkpoints to (``witness``
     lines with URLs) and the ``quorum`` a checkpoint needs before GET /checkpoint serves it."""
+    billing_keys: Path | None = None
+    """A file of verifier keys, one per line: the billing keys whose ``statement`` entries
+    the log accepts; None: it accepts none."""
     witness_interval_s: float = 1.0
     witness_timeout_s: float = 10.0
     anchor_rpc: str | None = None
@@ -107,3 +111,20 @@ def _key(path: Path, name: str) -> SigningKey:
     if key.name != name:
         raise ValueError(f"{path} holds a key named {key.name!r}, but the origin wants {name!r}")
     return key
+
+
+def read_billing_keys(path: Path) -> frozenset[str]:
+    """The billing keys in ``path``: one Ed25519 verifier key per line (blank lines and
+    ``#`` comments aside), as canonical key strings. Raises OSError or MalformedError."""
+    keys: set[str] = set()
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        verifier = parse_vkey(text)
+        if verifier.alg != ALG_ED25519:
+            raise MalformedError(f"line {number}", "not an Ed25519 (type 0x01) key")
+        keys.add(format_vkey(verifier))
+    if not keys:
+        raise MalformedError(str(path), "holds no key")
+    return frozenset(keys)

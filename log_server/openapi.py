@@ -64,6 +64,36 @@ def _get(summary: str, parameters: list[dict[str, Any]], ok: dict[str, Any]) -> 
     }
 
 
+def _flag(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string", "enum": ["0", "1"]},
+    }
+
+
+def _post(summary: str, *, operator: bool = False) -> dict[str, Any]:
+    """A POST of one JSON object, answered with the entry's result and bundle: 200 logged or
+    duplicate, 403 a signature the log cannot accept, 409 refused by its registries."""
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        },
+        "responses": {
+            "200": _JSON, "400": _ERROR, "403": _ERROR, "409": _ERROR, "413": _ERROR,
+            "503": _ERROR,
+        },
+    }  # fmt: skip
+    if operator:
+        operation["security"] = [{"operator": []}]
+        operation["responses"]["401"] = _ERROR
+    return {"post": operation}
+
+
 _RESULTS = {
     "description": "One result per receipt, in order (422: every receipt was rejected).",
     "content": {
@@ -220,6 +250,94 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": _JSON, "400": _ERROR, "401": _ERROR, "503": _ERROR},
             }
         },
+        "/v1/admin/creators": _post(
+            "Register a creator's key and payout currency: a creator entry signed by the "
+            "operator key (operator bearer token)",
+            operator=True,
+        ),
+        "/v1/admin/disputes": _post(
+            "Close an open dispute as resolved: a dispute entry signed by the operator key "
+            "(operator bearer token)",
+            operator=True,
+        ),
+        "/v1/admin/revenue": _post(
+            "Declare a buyer's revenue for a period: a revenue entry signed by the operator "
+            "key (operator bearer token)",
+            operator=True,
+        ),
+        "/v1/manifests": _post(
+            "Submit a manifest entry (publish or withdraw a content version) signed by the "
+            "creator's registered key"
+        ),
+        "/v1/disputes": {
+            **_post("Submit a dispute entry (open, or withdraw) signed by the creator's key"),
+            **_get(
+                "Disputes in log order",
+                [
+                    _text("creator", "creator_id"),
+                    _text("statement", "statement digest"),
+                    _flag("open", "1: open disputes only"),
+                ],
+                _JSON,
+            ),
+        },
+        "/v1/statements": {
+            "post": {
+                "summary": "Submit a billing run's statement entries (JSON array, or JSON "
+                "Lines), signed by a billing key the log is configured with",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"type": "array", "items": {}}},
+                        "application/jsonl": {"schema": {"type": "string"}},
+                    },
+                },
+                "responses": {
+                    "200": _RESULTS,
+                    "400": _ERROR,
+                    "403": _RESULTS,
+                    "409": _RESULTS,
+                    "413": _ERROR,
+                    "503": _ERROR,
+                },
+            },
+            **_get(
+                "Logged statements in log order (latest=1: newest first)",
+                [
+                    _text("currency", "ISO 4217 code"),
+                    _text("creator", "creator_id"),
+                    _int("after", "the last entry index already seen"),
+                    _int("limit", "page size"),
+                    _flag("latest", "1: newest first"),
+                ],
+                _JSON,
+            ),
+        },
+        "/v1/statements/{digest}": _get(
+            "One logged statement by its digest, with its entry index",
+            [_text("digest", "sha256:<hex> of the statement", "path")],
+            _JSON,
+        ),
+        "/v1/creators": _get("The creators as the log registers them", [], _JSON),
+        "/v1/creators/{creator_id}": _get(
+            "One creator", [_text("creator_id", "creator id", "path")], _JSON
+        ),
+        "/v1/catalog": _get(
+            "Published manifest versions in log order, with their withdrawals",
+            [
+                _text("creator", "creator_id"),
+                _text("content", "content_id (sha256:<hex>)"),
+                _int("after", "the last entry index already seen"),
+                _int("limit", "page size"),
+            ],
+            _JSON,
+        ),
+        "/v1/revenue": _get(
+            "A consumer's revenue declarations",
+            [{**_text("consumer", "consumer_id"), "required": True}],
+            _JSON,
+        ),
+        "/v1/billing-keys": _get("The billing keys whose statements the log accepts", [], _JSON),
         "/healthz": _get("Liveness, tree size and checkpoint age", [], _JSON),
         "/metrics": _get("Prometheus metrics", [], _TEXT),
         "/openapi.json": _get("This document", [], _JSON),

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
+from log_server.catalog import Duplicate, apply_catalog, catalog_problem
 from log_server.storage import EdgeKeyRecord, EntryRecord, Storage, StoredCheckpoint
 from tlog.checkpoint import Checkpoint, sign_checkpoint
 from tlog.entry import EdgeKey, Entry, Receipt, decode_entry, encode_entry
@@ -114,7 +115,8 @@ def _record(index: int, data: bytes, entry: Entry, logged_at_ms: int) -> EntryRe
             creator_id=entry.creator_id,
             content_id=entry.content_id,
         )
-    return EntryRecord(index, data, leaf_hash(data), entry.kind, logged_at_ms, edge=entry.edge)
+    edge = entry.edge if isinstance(entry, EdgeKey) else None
+    return EntryRecord(index, data, leaf_hash(data), entry.kind, logged_at_ms, edge=edge)
 
 
 def _edge_key_problem(storage: Storage, entry: EdgeKey) -> Rejected | None:
@@ -157,6 +159,34 @@ def _apply_edge_key(storage: Storage, entry: EdgeKey, index: int) -> None:
             )
 
 
+def _entry_reader(
+    storage: Storage, size: int, records: list[EntryRecord]
+) -> Callable[[int], bytes]:
+    """Reads a logged entry's bytes, those of the batch being sequenced (``records``, not
+    yet written, from index ``size`` on) included."""
+
+    def entry_at(index: int) -> bytes:
+        if index >= size:
+            return records[index - size].data
+        return storage.entries(index, index + 1)[0].data
+
+    return entry_at
+
+
+def _registry_problem(
+    storage: Storage, entry: Entry, size: int, entry_at: Callable[[int], bytes]
+) -> Logged | Rejected | None:
+    """Why an entry that is not a receipt cannot apply to the registries as they stand (or
+    that it is logged already); None if it can. The catalog's rules: log_server.catalog."""
+    if isinstance(entry, EdgeKey):
+        return _edge_key_problem(storage, entry)
+    assert not isinstance(entry, Receipt)  # noqa: S101 -- receipts are judged in sequence()
+    found = catalog_problem(storage, entry, size, entry_at)
+    if isinstance(found, Duplicate):
+        return Logged(found.index, entry_at(found.index), duplicate=True)
+    return None if found is None else Rejected(found.field, found.reason)
+
+
 def sequence(
     storage: Storage, log: LogIdentity, pending: Sequence[Entry], now_ms: int
 ) -> tuple[list[Outcome], StoredCheckpoint]:
@@ -172,6 +202,7 @@ def sequence(
         logged = storage.receipts(keys) if keys else {}
         registry: dict[tuple[str, str], EdgeKeyRecord | None] = {}
         records: list[EntryRecord] = []
+        entry_at = _entry_reader(storage, size, records)
         for entry in pending:
             if isinstance(entry, Receipt):
                 key = (entry.edge, entry.request_id)
@@ -189,7 +220,7 @@ def sequence(
                 if problem is not None:
                     outcomes.append(Rejected("receipt.key_id", problem))
                     continue
-            elif (refused := _edge_key_problem(storage, entry)) is not None:
+            elif (refused := _registry_problem(storage, entry, size, entry_at)) is not None:
                 outcomes.append(refused)
                 continue
             data = encode_entry(entry, logged_at_ms=now_ms)
@@ -197,10 +228,12 @@ def sequence(
             records.append(record)
             if isinstance(entry, Receipt):
                 logged[(entry.edge, entry.request_id)] = record
-            else:
+            elif isinstance(entry, EdgeKey):
                 # Receipts later in this batch are judged by the registry as this entry leaves it.
                 _apply_edge_key(storage, entry, record.index)
                 registry.clear()
+            else:
+                apply_catalog(storage, entry, record.index, now_ms)
             outcomes.append(Logged(record.index, record.data))
         if records:
             hashes = append_hashes(size, [r.leaf_hash for r in records], storage)

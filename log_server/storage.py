@@ -42,9 +42,15 @@ from playhouse.db_url import connect
 from tlog.errors import MalformedError
 
 __all__ = [
+    "BillingTables",
     "CosignatureRecord",
+    "CreatorRecord",
+    "DisputeRecord",
     "EdgeKeyRecord",
     "EntryRecord",
+    "ManifestRecord",
+    "RevenueRecord",
+    "StatementRecord",
     "Storage",
     "StoredAnchor",
     "StoredCheckpoint",
@@ -240,6 +246,8 @@ class Storage:
         db.create_tables(self._t.all, safe=True)
         self.anchors = AnchorTables(db)
         """The anchoring job's records (see :class:`AnchorTables`)."""
+        self.billing = BillingTables(db)
+        """The catalog and billing registries (see :class:`BillingTables`)."""
 
     @classmethod
     def open(cls, url: str) -> Storage:
@@ -402,6 +410,20 @@ class Storage:
             .order_by(self._t.entries.idx)
         )
         return [_entry(row) for row in rows]
+
+    def entry_data(self, start: int, end: int) -> list[bytes]:
+        """The bytes of the entries ``[start, end)``, in order: what an entry bundle holds.
+
+        SQL written here, as in read_hashes: a reader of the whole log (a monitor, a billing
+        run) asks this for every bundle, and building peewee models of every column costs the
+        server several times the query."""
+        table = self._t.entries._meta.table_name
+        param = self.db.param
+        sql = (
+            f'SELECT "data" FROM "{table}" WHERE "idx" >= {param} AND "idx" < {param} '  # noqa: S608
+            'ORDER BY "idx"'
+        )
+        return [bytes(row[0]) for row in self.db.execute_sql(sql, (start, end)).fetchall()]
 
     def receipts(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], EntryRecord]:
         """The logged receipts with these (edge, request_id) keys."""
@@ -701,3 +723,298 @@ class AnchorTables:
         """Give the lease up now (on shutdown), if ``holder`` has it."""
         lease = self._lease
         lease.delete().where((lease.name == name) & (lease.holder == holder)).execute()
+
+
+# -- the catalog and billing registries ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CreatorRecord:
+    """A creator as the latest ``creator`` entry about it registers it."""
+
+    creator_id: str
+    vkey: str
+    currency: str
+    entry_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRecord:
+    """One published manifest version, and its withdrawal if any."""
+
+    digest: str
+    creator_id: str
+    content_id: str
+    version: int
+    entry_index: int
+    withdrawn_index: int | None = None
+    withdrawn_at_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatementRecord:
+    """A logged statement: what the next run and the read API need without decoding it."""
+
+    digest: str
+    entry_index: int
+    creator_id: str
+    currency: str
+    range_start: int
+    range_end: int
+    period_end_ms: int
+    lines: int
+    released_by: str | None = None
+    """The digest of the later statement that released this one's reserve, if any."""
+
+
+@dataclass(frozen=True, slots=True)
+class DisputeRecord:
+    """A dispute of one statement line: opened at ``opened_index``, closed or not."""
+
+    statement: str
+    line: int
+    creator_id: str
+    reason: str
+    opened_index: int
+    closed_index: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RevenueRecord:
+    consumer_id: str
+    reference: str
+    currency: str
+    amount_minor: int
+    entry_index: int
+
+
+class BillingTables:
+    """The registries that ``creator``, ``manifest``, ``statement``, ``dispute`` and
+    ``revenue`` entries build, as the sequencer keeps them: written only inside
+    :meth:`Storage.sequencing`, beside the entries that set them, so a registry row is
+    durable exactly when its entry is. Each table holds one row per creator, manifest
+    version, statement, dispute or declaration: they grow with the catalog and the billing
+    runs, not with the receipts, so their indexes need no partitions."""
+
+    def __init__(self, db: peewee.Database) -> None:
+        class Base(peewee.Model):
+            class Meta:
+                database = db
+
+        class Creator(Base):
+            creator_id = peewee.TextField(primary_key=True)
+            vkey = peewee.TextField()
+            currency = peewee.TextField()
+            entry_index = peewee.BigIntegerField()
+
+            class Meta:
+                table_name = "creators"
+
+        class Manifest(Base):
+            digest = peewee.TextField(primary_key=True)
+            creator_id = peewee.TextField(index=True)
+            content_id = peewee.TextField(index=True)
+            version = peewee.BigIntegerField()
+            entry_index = peewee.BigIntegerField(index=True)
+            withdrawn_index = peewee.BigIntegerField(null=True)
+            withdrawn_at_ms = peewee.BigIntegerField(null=True)
+
+            class Meta:
+                table_name = "manifests"
+
+        class Statement(Base):
+            digest = peewee.TextField(primary_key=True)
+            entry_index = peewee.BigIntegerField()
+            creator_id = peewee.TextField()
+            currency = peewee.TextField()
+            range_start = peewee.BigIntegerField()
+            range_end = peewee.BigIntegerField()
+            period_end_ms = peewee.BigIntegerField()
+            lines = peewee.BigIntegerField()
+            released_by = peewee.TextField(null=True)
+
+            class Meta:
+                table_name = "statements"
+                indexes = (
+                    (("currency", "entry_index"), False),
+                    (("creator_id", "currency", "entry_index"), False),
+                )
+
+        class Dispute(Base):
+            statement = peewee.TextField()
+            line = peewee.BigIntegerField()
+            creator_id = peewee.TextField(index=True)
+            reason = peewee.TextField()
+            opened_index = peewee.BigIntegerField()
+            closed_index = peewee.BigIntegerField(null=True)
+
+            class Meta:
+                table_name = "disputes"
+                primary_key = peewee.CompositeKey("statement", "line", "opened_index")
+
+        class Revenue(Base):
+            consumer_id = peewee.TextField()
+            reference = peewee.TextField()
+            currency = peewee.TextField()
+            amount_minor = peewee.BigIntegerField()
+            entry_index = peewee.BigIntegerField()
+
+            class Meta:
+                table_name = "revenue"
+                primary_key = peewee.CompositeKey("consumer_id", "reference")
+
+        self._creator = Creator
+        self._manifest = Manifest
+        self._statement = Statement
+        self._dispute = Dispute
+        self._revenue = Revenue
+        db.create_tables([Creator, Manifest, Statement, Dispute, Revenue], safe=True)
+
+    # -- creators --------------------------------------------------------------------------
+
+    def put_creator(self, record: CreatorRecord) -> None:
+        t = self._creator
+        t.insert(
+            creator_id=record.creator_id, vkey=record.vkey, currency=record.currency,
+            entry_index=record.entry_index,
+        ).on_conflict(
+            conflict_target=[t.creator_id],
+            update={t.vkey: record.vkey, t.currency: record.currency,
+                    t.entry_index: record.entry_index},
+        ).execute()  # fmt: skip
+
+    def creator(self, creator_id: str) -> CreatorRecord | None:
+        row = self._creator.get_or_none(self._creator.creator_id == creator_id)
+        return None if row is None else CreatorRecord(**_columns(row, CreatorRecord))
+
+    def creators(self) -> list[CreatorRecord]:
+        rows = self._creator.select().order_by(self._creator.entry_index)
+        return [CreatorRecord(**_columns(row, CreatorRecord)) for row in rows]
+
+    # -- manifests -------------------------------------------------------------------------
+
+    def add_manifest(self, record: ManifestRecord) -> None:
+        self._manifest.insert(**_values(record)).execute()
+
+    def withdraw_manifest(self, digest: str, index: int, at_ms: int) -> None:
+        t = self._manifest
+        t.update(withdrawn_index=index, withdrawn_at_ms=at_ms).where(t.digest == digest).execute()
+
+    def manifest(self, digest: str) -> ManifestRecord | None:
+        row = self._manifest.get_or_none(self._manifest.digest == digest)
+        return None if row is None else ManifestRecord(**_columns(row, ManifestRecord))
+
+    def manifests(
+        self,
+        *,
+        creator_id: str | None = None,
+        content_id: str | None = None,
+        after: int = -1,
+        limit: int = 100,
+    ) -> list[ManifestRecord]:
+        """Published versions in log order after entry index ``after``, optionally of one
+        creator or one piece of content."""
+        t = self._manifest
+        query = t.select().where(t.entry_index > after)
+        if creator_id is not None:
+            query = query.where(t.creator_id == creator_id)
+        if content_id is not None:
+            query = query.where(t.content_id == content_id)
+        rows = query.order_by(t.entry_index).limit(limit)
+        return [ManifestRecord(**_columns(row, ManifestRecord)) for row in rows]
+
+    def latest_version(self, content_id: str) -> ManifestRecord | None:
+        """The highest published version of ``content_id``."""
+        t = self._manifest
+        row = t.select().where(t.content_id == content_id).order_by(t.version.desc()).first()
+        return None if row is None else ManifestRecord(**_columns(row, ManifestRecord))
+
+    # -- statements ------------------------------------------------------------------------
+
+    def add_statement(self, record: StatementRecord) -> None:
+        self._statement.insert(**_values(record)).execute()
+
+    def release(self, digests: Sequence[str], by: str) -> None:
+        t = self._statement
+        if digests:
+            t.update(released_by=by).where(t.digest.in_(list(digests))).execute()
+
+    def statement(self, digest: str) -> StatementRecord | None:
+        row = self._statement.get_or_none(self._statement.digest == digest)
+        return None if row is None else StatementRecord(**_columns(row, StatementRecord))
+
+    def statements(
+        self,
+        currency: str | None = None,
+        creator_id: str | None = None,
+        *,
+        after: int = -1,
+        limit: int = 100,
+        latest: bool = False,
+    ) -> list[StatementRecord]:
+        """Statements in log order after entry index ``after`` (or, with ``latest``, the
+        newest first), optionally of one currency's series and one creator."""
+        t = self._statement
+        query = t.select().where(t.entry_index > after)
+        if currency is not None:
+            query = query.where(t.currency == currency)
+        if creator_id is not None:
+            query = query.where(t.creator_id == creator_id)
+        order = t.entry_index.desc() if latest else t.entry_index
+        rows = query.order_by(order).limit(limit)
+        return [StatementRecord(**_columns(row, StatementRecord)) for row in rows]
+
+    # -- disputes --------------------------------------------------------------------------
+
+    def open_dispute(self, record: DisputeRecord) -> None:
+        self._dispute.insert(**_values(record)).execute()
+
+    def close_dispute(self, statement: str, line: int, index: int) -> None:
+        t = self._dispute
+        t.update(closed_index=index).where(
+            (t.statement == statement) & (t.line == line) & t.closed_index.is_null()
+        ).execute()
+
+    def disputes(
+        self,
+        creator_id: str | None = None,
+        *,
+        open_only: bool = False,
+        statement: str | None = None,
+    ) -> list[DisputeRecord]:
+        t = self._dispute
+        query = t.select()
+        if creator_id is not None:
+            query = query.where(t.creator_id == creator_id)
+        if statement is not None:
+            query = query.where(t.statement == statement)
+        if open_only:
+            query = query.where(t.closed_index.is_null())
+        rows = query.order_by(t.opened_index)
+        return [DisputeRecord(**_columns(row, DisputeRecord)) for row in rows]
+
+    # -- revenue ---------------------------------------------------------------------------
+
+    def add_revenue(self, record: RevenueRecord) -> None:
+        self._revenue.insert(**_values(record)).execute()
+
+    def revenue(self, consumer_id: str, reference: str | None = None) -> list[RevenueRecord]:
+        t = self._revenue
+        query = t.select().where(t.consumer_id == consumer_id)
+        if reference is not None:
+            query = query.where(t.reference == reference)
+        return [
+            RevenueRecord(**_columns(row, RevenueRecord)) for row in query.order_by(t.entry_index)
+        ]
+
+
+_R = TypeVar("_R")
+
+
+def _columns(row: Any, record: type[_R]) -> dict[str, Any]:
+    """The values of ``row`` for the fields of the record dataclass ``record``."""
+    return {name: getattr(row, name) for name in record.__dataclass_fields__}  # type: ignore[attr-defined]
+
+
+def _values(record: Any) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in record.__dataclass_fields__}

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from tlog.errors import MalformedError, UnknownKeyError, VerificationError
 from tlog.hashing import EMPTY_ROOT, HASH_SIZE
-from tlog.note import ALG_COSIGNATURE_V1, Note, Signer, Verifier, open_note, sign_note
+from tlog.note import ALG_COSIGNATURE_V1, ALG_ED25519, Note, Signer, Verifier, open_note, sign_note
 from tlog.parsing import MAX_INT63, decode_b64, encode_b64, parse_decimal
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "open_checkpoint",
     "parse_checkpoint",
     "sign_checkpoint",
+    "signed_time_s",
 ]
 
 
@@ -145,3 +146,21 @@ def open_checkpoint(
             f"the policy needs {quorum}"
         )
     return SignedCheckpoint(checkpoint, note, signed_note, cosigned)
+
+
+def signed_time_s(signed_note: bytes, log_keys: Sequence[Verifier]) -> int:
+    """The log's signed time of a checkpoint, Unix seconds: the timestamp of the
+    cosignature/v1 line that a log key adds to its own checkpoint (same name and public key,
+    type 0x04). meterlog's log signs one on every checkpoint; note verifiers that do not know
+    it ignore it. Billing periods close at this time. Raises VerificationError (UnknownKeyError
+    when no log key stamped the checkpoint) or MalformedError."""
+    stampers = [
+        Verifier(key.name, ALG_COSIGNATURE_V1, key.public_key)
+        for key in log_keys
+        if key.alg == ALG_ED25519
+    ]
+    if not stampers:
+        raise MalformedError("log_keys", "no Ed25519 log key to find the signed time of")
+    note = open_note(signed_note, stampers)
+    times = [s.timestamp_s for s in note.signatures if s.timestamp_s is not None]
+    return max(times)

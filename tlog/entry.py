@@ -8,13 +8,23 @@ anywhere: an absent optional field is left out. Decoding is strict: duplicate ke
 unknown or missing fields, wrong types and any input that is not already canonical are
 rejected with the field named. Imports tlog.note, tlog.parsing and tlog.errors.
 
-Kinds (more arrive with later issues):
+Kinds:
 
 * ``receipt`` — one delivery, signed by an edge key named after the edge. The signature
   covers the canonical JSON of every field but ``signature`` and ``logged_at_ms``; the log
   adds ``logged_at_ms`` (its own clock), so the leaf binds both times.
 * ``edge_key`` — an edge key registered, rotated or revoked, with its validity window,
   signed by the operator key, so every key that may sign receipts is itself in the log.
+* ``creator`` — a creator's key and payout currency, registered by the operator.
+* ``manifest`` — one version of one piece of content, published (licensed scopes, payout
+  terms, license URI) or withdrawn for new use, signed by its creator's registered key.
+* ``statement`` — the digest of a creator's billing statement over a committed range, with
+  the money the next run carries on, signed by a billing key the log accepts.
+* ``dispute`` — a creator disputes a line of its statement (or the dispute is closed).
+* ``revenue`` — a buyer's declared revenue for a period, signed by the operator.
+
+Every kind is signed over the canonical JSON of all its fields but ``signature`` and
+``logged_at_ms`` (``signed_fields()``), by the key its key-ID field names.
 
 >>> canonical_json({"b": [1, True, "é"], "a": {}})
 b'{"a":{},"b":[1,true,"\\xc3\\xa9"]}'
@@ -31,28 +41,49 @@ from dataclasses import dataclass
 from typing import ClassVar, TypeAlias, TypeVar
 
 from tlog.errors import MalformedError, UnknownKeyError
-from tlog.note import ALG_ED25519, SigningKey, Verifier, parse_vkey
+from tlog.note import ALG_ED25519, SigningKey, Verifier, format_vkey, parse_vkey
 from tlog.parsing import decode_b64, encode_b64
 from tlog.tiles import MAX_ENTRY_SIZE
 
 __all__ = [
     "CACHE_STATUSES",
+    "DISPUTE_ACTIONS",
+    "DISPUTE_SIGNERS",
     "EDGE_KEY_ACTIONS",
+    "MANIFEST_ACTIONS",
     "MAX_ENTRY_SIZE",
+    "RATE_TERMS",
     "SCOPES",
+    "SHARE_TERMS",
+    "TERMS",
+    "Creator",
+    "Dispute",
     "EdgeKey",
     "Entry",
     "JSONValue",
+    "Manifest",
     "Receipt",
+    "Revenue",
+    "Statement",
     "canonical_json",
     "decode_entry",
     "encode_entry",
     "parse_canonical_json",
+    "sign_creator",
+    "sign_dispute",
     "sign_edge_key",
+    "sign_manifest",
     "sign_receipt",
+    "sign_revenue",
+    "sign_statement",
     "signed_message",
+    "verify_creator",
+    "verify_dispute",
     "verify_edge_key",
+    "verify_manifest",
     "verify_receipt",
+    "verify_revenue",
+    "verify_statement",
 ]
 
 JSONValue: TypeAlias = "str | int | bool | list[JSONValue] | dict[str, JSONValue]"
@@ -71,6 +102,7 @@ _KEY_ID = re.compile(r"[0-9a-f]{8}")
 _MAX_SAMPLE_DENOMINATOR = 1 << 32
 
 _T = TypeVar("_T", str, int, list[object])
+_S = TypeVar("_S", "Creator", "Manifest", "Statement", "Dispute", "Revenue")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,6 +279,26 @@ class _Reader:
                 raise MalformedError(f"{self._kind}.{name}[{i}]", f"{item!r} is not int")
             pair.append(item)
         return pair[0], pair[1]
+
+    def text_list(self, name: str) -> list[str]:
+        """A list of strings (its values are checked by the entry)."""
+        value = self._take(name, list)
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise MalformedError(f"{self._kind}.{name}[{i}]", f"{item!r} is not str")
+        return value  # type: ignore[return-value] # every item was checked above
+
+    def text_map(self, name: str) -> dict[str, str]:
+        """An object of string values (its names and values are checked by the entry)."""
+        if name not in self._obj:
+            raise MalformedError(f"{self._kind}.{name}", "missing")
+        value = self._obj.pop(name)
+        if not isinstance(value, dict):
+            raise MalformedError(f"{self._kind}.{name}", f"{value!r} is not an object")
+        for key, item in value.items():
+            if not isinstance(item, str):
+                raise MalformedError(f"{self._kind}.{name}.{key}", f"{item!r} is not str")
+        return value
 
     def key_id(self, name: str) -> str:
         """A key ID, which every logged (signed) entry has."""
@@ -468,8 +520,445 @@ def _parse_key(vkey: str, field: str) -> Verifier:
     return verifier
 
 
-Entry: TypeAlias = Receipt | EdgeKey
-_KINDS: dict[str, type[Receipt] | type[EdgeKey]] = {"receipt": Receipt, "edge_key": EdgeKey}
+# ---------------------------------------------------------------------------------------------
+# The catalog and billing kinds: creators, manifests, statements, disputes, declared revenue.
+
+_CURRENCY = re.compile(r"[A-Z]{3}")
+_DECIMAL = re.compile(r"(0|[1-9][0-9]{0,17})(\.[0-9]{1,12})?")
+_LICENSE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[\x21\x23-\x3b\x3d\x3f-\x5b\x5d-\x7e]{1,2000}")
+_REASON = re.compile(r"[\x20-\x7e]{1,1000}")
+_MAX_RELEASED = 256
+
+MANIFEST_ACTIONS = ("publish", "withdraw")
+DISPUTE_ACTIONS = ("open", "close")
+DISPUTE_SIGNERS = ("creator", "operator")
+RATE_TERMS = SCOPES
+"""Terms that price one billable event of that scope (a decimal in major units)."""
+SHARE_TERMS = ("savings_share", "revenue_share")
+"""Terms that are a share in [0, 1]: of the cache savings on hits, of declared revenue."""
+TERMS = (*RATE_TERMS, "per_gib", *SHARE_TERMS, "upfront")
+"""Every payout term a manifest may state; any non-empty subset, each a decimal string."""
+
+
+def _check_decimal(value: object, field: str, *, share: bool = False) -> None:
+    """A non-negative decimal string (at most 18 integer and 12 fraction digits); a share
+    is at most 1. Money and rates are never floats."""
+    _check_text(value, field, _DECIMAL)
+    if share:
+        assert isinstance(value, str)  # noqa: S101 -- checked just above
+        whole, _, fraction = value.partition(".")
+        if int(whole) > 1 or (whole == "1" and fraction.strip("0")):
+            raise MalformedError(field, f"{value} is not a share in [0, 1]")
+
+
+def _check_scopes(scopes: object, field: str) -> None:
+    if not isinstance(scopes, tuple) or not scopes:
+        raise MalformedError(field, "at least one scope is needed")
+    for i, scope in enumerate(scopes):
+        _check_choice(scope, f"{field}[{i}]", SCOPES)
+    if list(scopes) != sorted(set(scopes)):
+        raise MalformedError(field, "scopes must be sorted and listed once each")
+
+
+def _check_terms(terms: object, field: str) -> None:
+    if not isinstance(terms, tuple) or not terms:
+        raise MalformedError(field, f"at least one of {', '.join(TERMS)} is needed")
+    names = []
+    for pair in terms:
+        if not (isinstance(pair, tuple) and len(pair) == 2):
+            raise MalformedError(field, "not (name, decimal) pairs")
+        name, value = pair
+        _check_choice(name, field, TERMS)
+        _check_decimal(value, f"{field}.{name}", share=name in SHARE_TERMS)
+        names.append(name)
+    if names != sorted(set(names)):
+        raise MalformedError(field, "terms must be sorted by name and stated once each")
+
+
+def _check_digests(values: object, field: str, maximum: int) -> None:
+    if not isinstance(values, tuple) or len(values) > maximum:
+        raise MalformedError(field, f"not a list of at most {maximum} digests")
+    for i, value in enumerate(values):
+        _check_text(value, f"{field}[{i}]", _DIGEST)
+    if list(values) != sorted(set(values)):
+        raise MalformedError(field, "digests must be sorted and listed once each")
+
+
+def _check_common(
+    kind: str, key_id_field: str, key_id: str, signature: bytes, logged_at_ms: int | None
+) -> None:
+    """The key ID, signature and logged time every signed kind carries."""
+    if key_id:
+        _check_text(key_id, f"{kind}.{key_id_field}", _KEY_ID)
+    _check_signature(signature, f"{kind}.signature")
+    if logged_at_ms is not None:
+        _check_int(logged_at_ms, f"{kind}.logged_at_ms")
+
+
+@dataclass(frozen=True, slots=True)
+class Creator:
+    """The operator registers a creator: its key (named ``creator_id``) and payout currency.
+
+    The latest ``creator`` entry about a creator_id wins: a new one rotates the key or
+    changes the currency from its index on. Manifests and disputes are signed by this key.
+    """
+
+    kind: ClassVar[str] = "creator"
+
+    creator_id: str
+    key: str
+    currency: str
+    operator_key_id: str = ""
+    signature: bytes = b""
+    logged_at_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_text(self.creator_id, "creator.creator_id", _ID)
+        verifier = _parse_key(self.key, "creator.key")
+        if verifier.name != self.creator_id:
+            raise MalformedError("creator.key", f"names {verifier.name!r}, not the creator")
+        _check_text(self.currency, "creator.currency", _CURRENCY)
+        _check_common(
+            "creator", "operator_key_id", self.operator_key_id, self.signature, self.logged_at_ms
+        )
+
+    @property
+    def verifier(self) -> Verifier:
+        """The creator's key, ready to verify manifests and disputes."""
+        return parse_vkey(self.key)
+
+    def signed_fields(self) -> dict[str, JSONValue]:
+        return {
+            "kind": self.kind,
+            "creator_id": self.creator_id,
+            "key": self.key,
+            "currency": self.currency,
+            "operator_key_id": self.operator_key_id,
+        }
+
+    @classmethod
+    def _read(cls, r: _Reader) -> Creator:
+        return cls(
+            creator_id=r.text("creator_id"),
+            key=r.text("key"),
+            currency=r.text("currency"),
+            operator_key_id=r.key_id("operator_key_id"),
+            signature=r.signature(),
+            logged_at_ms=r.optional_integer("logged_at_ms"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A creator publishes (or withdraws) one version of one piece of content.
+
+    ``manifest`` is the digest of the creator's full manifest document (what receipts name);
+    ``version`` counts the content's versions from 1. ``publish`` states the licensed
+    ``scopes``, the payout ``terms`` (``(name, decimal)`` pairs sorted by name; see
+    :data:`TERMS`) and the ``license`` URI. ``withdraw`` names a published version and stops
+    its use for receipts served from the withdrawal's ``logged_at_ms`` on; it rewrites
+    nothing logged before.
+    """
+
+    kind: ClassVar[str] = "manifest"
+
+    action: str
+    creator_id: str
+    content_id: str
+    version: int
+    manifest: str
+    scopes: tuple[str, ...] = ()
+    terms: tuple[tuple[str, str], ...] = ()
+    license: str | None = None
+    key_id: str = ""
+    signature: bytes = b""
+    logged_at_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice(self.action, "manifest.action", MANIFEST_ACTIONS)
+        _check_text(self.creator_id, "manifest.creator_id", _ID)
+        _check_text(self.content_id, "manifest.content_id", _DIGEST)
+        _check_int(self.version, "manifest.version", minimum=1)
+        _check_text(self.manifest, "manifest.manifest", _DIGEST)
+        if self.action == "publish":
+            _check_scopes(self.scopes, "manifest.scopes")
+            _check_terms(self.terms, "manifest.terms")
+            if self.license is None:
+                raise MalformedError("manifest.license", "a publication needs its license URI")
+            _check_text(self.license, "manifest.license", _LICENSE)
+        elif self.scopes or self.terms or self.license is not None:
+            raise MalformedError("manifest.action", "a withdrawal names a version, nothing more")
+        _check_common("manifest", "key_id", self.key_id, self.signature, self.logged_at_ms)
+
+    def term(self, name: str) -> str | None:
+        """The decimal string of one payout term, if the manifest states it."""
+        for key, value in self.terms:
+            if key == name:
+                return value
+        return None
+
+    def signed_fields(self) -> dict[str, JSONValue]:
+        fields: dict[str, JSONValue] = {
+            "kind": self.kind,
+            "action": self.action,
+            "creator_id": self.creator_id,
+            "content_id": self.content_id,
+            "version": self.version,
+            "manifest": self.manifest,
+            "key_id": self.key_id,
+        }
+        if self.action == "publish":
+            fields["scopes"] = list(self.scopes)
+            fields["terms"] = dict(self.terms)
+            fields["license"] = self.license  # type: ignore[assignment] # set for publish
+        return fields
+
+    @classmethod
+    def _read(cls, r: _Reader) -> Manifest:
+        action = r.text("action")
+        publish = action == "publish"
+        return cls(
+            action=action,
+            creator_id=r.text("creator_id"),
+            content_id=r.text("content_id"),
+            version=r.integer("version"),
+            manifest=r.text("manifest"),
+            scopes=tuple(r.text_list("scopes")) if publish else (),
+            terms=tuple(sorted(r.text_map("terms").items())) if publish else (),
+            license=r.text("license") if publish else None,
+            key_id=r.key_id("key_id"),
+            signature=r.signature(),
+            logged_at_ms=r.optional_integer("logged_at_ms"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """A billing statement for one creator, as logged: its digest and the money it carries.
+
+    ``digest`` is the SHA-256 of the statement document (canonical JSON, ``billing``'s
+    output). The fields beside it are what the next run needs from the log alone: the
+    committed range ``[range_start, range_end)`` and the period's close (the checkpoint's
+    signed time), the creator's ``previous`` statement, how many ``lines`` it has (disputes
+    name one), what was paid, carried over below the minimum payout, and held in reserve
+    until ``reserve_release_ms``, and which earlier statements' reserves it ``released``.
+    Signed by the billing key, whose verifier key string is ``billing_key`` (both empty
+    until :func:`sign_statement`).
+    """
+
+    kind: ClassVar[str] = "statement"
+
+    digest: str
+    creator_id: str
+    currency: str
+    range_start: int
+    range_end: int
+    period_end_ms: int
+    lines: int
+    paid_minor: int
+    carry_minor: int
+    reserve_minor: int
+    reserve_release_ms: int
+    previous: str | None = None
+    released: tuple[str, ...] = ()
+    billing_key: str = ""
+    key_id: str = ""
+    signature: bytes = b""
+    logged_at_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_text(self.digest, "statement.digest", _DIGEST)
+        _check_text(self.creator_id, "statement.creator_id", _ID)
+        _check_text(self.currency, "statement.currency", _CURRENCY)
+        _check_int(self.range_start, "statement.range_start")
+        _check_int(self.range_end, "statement.range_end")
+        if self.range_end <= self.range_start:
+            raise MalformedError("statement.range_end", "must be after range_start")
+        for name in ("period_end_ms", "lines", "paid_minor", "carry_minor", "reserve_minor",
+                     "reserve_release_ms"):  # fmt: skip
+            _check_int(getattr(self, name), f"statement.{name}")
+        if self.billing_key:
+            _parse_key(self.billing_key, "statement.billing_key")
+        if self.previous is not None:
+            _check_text(self.previous, "statement.previous", _DIGEST)
+        _check_digests(self.released, "statement.released", _MAX_RELEASED)
+        _check_common("statement", "key_id", self.key_id, self.signature, self.logged_at_ms)
+
+    @property
+    def verifier(self) -> Verifier:
+        """The billing key that signed it."""
+        return parse_vkey(self.billing_key)
+
+    def signed_fields(self) -> dict[str, JSONValue]:
+        fields: dict[str, JSONValue] = {
+            "kind": self.kind,
+            "digest": self.digest,
+            "creator_id": self.creator_id,
+            "currency": self.currency,
+            "range_start": self.range_start,
+            "range_end": self.range_end,
+            "period_end_ms": self.period_end_ms,
+            "lines": self.lines,
+            "paid_minor": self.paid_minor,
+            "carry_minor": self.carry_minor,
+            "reserve_minor": self.reserve_minor,
+            "reserve_release_ms": self.reserve_release_ms,
+            "released": list(self.released),
+            "billing_key": self.billing_key,
+            "key_id": self.key_id,
+        }
+        if self.previous is not None:
+            fields["previous"] = self.previous
+        return fields
+
+    @classmethod
+    def _read(cls, r: _Reader) -> Statement:
+        return cls(
+            digest=r.text("digest"),
+            creator_id=r.text("creator_id"),
+            currency=r.text("currency"),
+            range_start=r.integer("range_start"),
+            range_end=r.integer("range_end"),
+            period_end_ms=r.integer("period_end_ms"),
+            lines=r.integer("lines"),
+            paid_minor=r.integer("paid_minor"),
+            carry_minor=r.integer("carry_minor"),
+            reserve_minor=r.integer("reserve_minor"),
+            reserve_release_ms=r.integer("reserve_release_ms"),
+            billing_key=r.text("billing_key"),
+            previous=r.optional_text("previous"),
+            released=tuple(r.text_list("released")),
+            key_id=r.key_id("key_id"),
+            signature=r.signature(),
+            logged_at_ms=r.optional_integer("logged_at_ms"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Dispute:
+    """A creator disputes one line of one of its statements, or a dispute is closed.
+
+    ``open`` is signed by the creator (``by`` = ``creator``). ``close`` is signed by the
+    creator (a withdrawal) or by the operator (``by`` = ``operator``: resolved). While a
+    dispute on a statement is open, that statement's reserve is not released.
+    """
+
+    kind: ClassVar[str] = "dispute"
+
+    action: str
+    creator_id: str
+    statement: str
+    line: int
+    reason: str
+    by: str = "creator"
+    key_id: str = ""
+    signature: bytes = b""
+    logged_at_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice(self.action, "dispute.action", DISPUTE_ACTIONS)
+        _check_text(self.creator_id, "dispute.creator_id", _ID)
+        _check_text(self.statement, "dispute.statement", _DIGEST)
+        _check_int(self.line, "dispute.line", minimum=1)
+        _check_text(self.reason, "dispute.reason", _REASON)
+        _check_choice(self.by, "dispute.by", DISPUTE_SIGNERS)
+        if self.action == "open" and self.by != "creator":
+            raise MalformedError("dispute.by", "only the creator opens a dispute")
+        _check_common("dispute", "key_id", self.key_id, self.signature, self.logged_at_ms)
+
+    def signed_fields(self) -> dict[str, JSONValue]:
+        return {
+            "kind": self.kind,
+            "action": self.action,
+            "creator_id": self.creator_id,
+            "statement": self.statement,
+            "line": self.line,
+            "reason": self.reason,
+            "by": self.by,
+            "key_id": self.key_id,
+        }
+
+    @classmethod
+    def _read(cls, r: _Reader) -> Dispute:
+        return cls(
+            action=r.text("action"),
+            creator_id=r.text("creator_id"),
+            statement=r.text("statement"),
+            line=r.integer("line"),
+            reason=r.text("reason"),
+            by=r.text("by"),
+            key_id=r.key_id("key_id"),
+            signature=r.signature(),
+            logged_at_ms=r.optional_integer("logged_at_ms"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Revenue:
+    """A buyer's revenue for a period, declared under its contract and signed by the operator.
+
+    Buyers hold no key in the log; the operator receives their revenue reports and attests
+    them, and the buyer (and every creator) can see each declaration in the log. Revenue-share
+    terms split it over the consumer's billable use in the billing run whose range holds it.
+    ``reference`` (the buyer's report or invoice) is unique per consumer.
+    """
+
+    kind: ClassVar[str] = "revenue"
+
+    consumer_id: str
+    currency: str
+    amount_minor: int
+    period_start_ms: int
+    period_end_ms: int
+    reference: str
+    operator_key_id: str = ""
+    signature: bytes = b""
+    logged_at_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_text(self.consumer_id, "revenue.consumer_id", _ID)
+        _check_text(self.currency, "revenue.currency", _CURRENCY)
+        _check_int(self.amount_minor, "revenue.amount_minor")
+        _check_int(self.period_start_ms, "revenue.period_start_ms")
+        _check_int(self.period_end_ms, "revenue.period_end_ms")
+        if self.period_end_ms <= self.period_start_ms:
+            raise MalformedError("revenue.period_end_ms", "must be after period_start_ms")
+        _check_text(self.reference, "revenue.reference", _ID)
+        _check_common(
+            "revenue", "operator_key_id", self.operator_key_id, self.signature, self.logged_at_ms
+        )
+
+    def signed_fields(self) -> dict[str, JSONValue]:
+        return {
+            "kind": self.kind,
+            "consumer_id": self.consumer_id,
+            "currency": self.currency,
+            "amount_minor": self.amount_minor,
+            "period_start_ms": self.period_start_ms,
+            "period_end_ms": self.period_end_ms,
+            "reference": self.reference,
+            "operator_key_id": self.operator_key_id,
+        }
+
+    @classmethod
+    def _read(cls, r: _Reader) -> Revenue:
+        return cls(
+            consumer_id=r.text("consumer_id"),
+            currency=r.text("currency"),
+            amount_minor=r.integer("amount_minor"),
+            period_start_ms=r.integer("period_start_ms"),
+            period_end_ms=r.integer("period_end_ms"),
+            reference=r.text("reference"),
+            operator_key_id=r.key_id("operator_key_id"),
+            signature=r.signature(),
+            logged_at_ms=r.optional_integer("logged_at_ms"),
+        )
+
+
+Entry: TypeAlias = Receipt | EdgeKey | Creator | Manifest | Statement | Dispute | Revenue
+_KINDS: dict[str, type[Entry]] = {
+    cls.kind: cls for cls in (Receipt, EdgeKey, Creator, Manifest, Statement, Dispute, Revenue)
+}
 
 
 def encode_entry(entry: Entry, *, logged_at_ms: int | None = None) -> bytes:
@@ -582,3 +1071,84 @@ def _verify(entry: Entry, key: Verifier, name: str, key_id: str) -> None:
     if not entry.signature:
         raise MalformedError(f"{entry.kind}.signature", "missing")
     key.verify_message(signed_message(entry), entry.signature)
+
+
+def _signed(unsigned: _S, key: SigningKey) -> _S:
+    """``unsigned`` (its key ID set, its signature empty) signed by ``key``."""
+    signature = key.sign(_fields_json(unsigned.signed_fields()))
+    return dataclasses.replace(unsigned, signature=signature)
+
+
+def sign_creator(creator: Creator, operator: SigningKey) -> Creator:
+    """The creator registration signed by the operator key."""
+    key_id = _key_id_hex(operator.verifier())
+    return _signed(dataclasses.replace(creator, operator_key_id=key_id, signature=b""), operator)
+
+
+def verify_creator(creator: Creator, operator: Verifier) -> None:
+    """Check the operator's signature on a creator registration."""
+    _verify(creator, operator, operator.name, creator.operator_key_id)
+
+
+def sign_manifest(manifest: Manifest, key: SigningKey) -> Manifest:
+    """The manifest signed by the creator's key (named after the creator)."""
+    if key.name != manifest.creator_id:
+        raise MalformedError(
+            "manifest.creator_id", f"{manifest.creator_id!r} is not the key's name {key.name!r}"
+        )
+    key_id = _key_id_hex(key.verifier())
+    return _signed(dataclasses.replace(manifest, key_id=key_id, signature=b""), key)
+
+
+def verify_manifest(manifest: Manifest, creator_key: Verifier) -> None:
+    """Check the creator's signature on a manifest (``creator_key`` as the log registers it)."""
+    _verify(manifest, creator_key, manifest.creator_id, manifest.key_id)
+
+
+def sign_statement(statement: Statement, billing: SigningKey) -> Statement:
+    """The statement entry signed by the billing key, which it names in ``billing_key``."""
+    unsigned = dataclasses.replace(
+        statement,
+        billing_key=format_vkey(billing.verifier()),
+        key_id=_key_id_hex(billing.verifier()),
+        signature=b"",
+    )
+    return _signed(unsigned, billing)
+
+
+def verify_statement(statement: Statement, billing: Verifier) -> None:
+    """Check the billing key's signature on a statement entry; ``billing`` must be the key
+    the entry names."""
+    if format_vkey(billing) != statement.billing_key:
+        raise UnknownKeyError(
+            f"statement is signed by {statement.billing_key}, not by {format_vkey(billing)}"
+        )
+    _verify(statement, billing, billing.name, statement.key_id)
+
+
+def sign_dispute(dispute: Dispute, key: SigningKey) -> Dispute:
+    """The dispute signed by the creator's key (``by`` creator) or the operator's."""
+    if dispute.by == "creator" and key.name != dispute.creator_id:
+        raise MalformedError(
+            "dispute.creator_id", f"{dispute.creator_id!r} is not the key's name {key.name!r}"
+        )
+    key_id = _key_id_hex(key.verifier())
+    return _signed(dataclasses.replace(dispute, key_id=key_id, signature=b""), key)
+
+
+def verify_dispute(dispute: Dispute, key: Verifier) -> None:
+    """Check a dispute's signature: by the creator's key, or by the operator's for a close
+    the operator signed (``by`` says which)."""
+    name = dispute.creator_id if dispute.by == "creator" else key.name
+    _verify(dispute, key, name, dispute.key_id)
+
+
+def sign_revenue(revenue: Revenue, operator: SigningKey) -> Revenue:
+    """The revenue declaration signed by the operator key."""
+    key_id = _key_id_hex(operator.verifier())
+    return _signed(dataclasses.replace(revenue, operator_key_id=key_id, signature=b""), operator)
+
+
+def verify_revenue(revenue: Revenue, operator: Verifier) -> None:
+    """Check the operator's signature on a revenue declaration."""
+    _verify(revenue, operator, operator.name, revenue.operator_key_id)

@@ -33,7 +33,7 @@ from log_server.cli import OPTIONS, ConfigError, resolve_settings
 from log_server.config import Config
 from tlog.bundle import parse_bundle, verify_bundle
 from tlog.entry import Receipt, decode_entry, verify_receipt
-from tlog.note import parse_vkey
+from tlog.note import SigningKey, format_vkey, parse_vkey
 
 METERLOG = Path(sys.executable).with_name("meterlog")
 START_TIMEOUT_S = 30.0
@@ -104,6 +104,8 @@ LAYERS: dict[str, tuple[str, str, str, str, tuple[object, object, object]]] = {
     "witness_policy": ('"t.policy"', "e.policy", "f.policy", "config.witness_policy",
                        (Path("t.policy"), Path("e.policy"), Path("f.policy"))),
     "witness_interval": ("2", "3.5", "4", "config.witness_interval_s", (2.0, 3.5, 4.0)),
+    "billing_keys": ('"t.keys"', "e.keys", "f.keys", "config.billing_keys",
+                     (Path("t.keys"), Path("e.keys"), Path("f.keys"))),
     "anchor_rpc": ('"eth-tester"', "http://e:1", "https://f:2/k", "config.anchor_rpc",
                    ("eth-tester", "http://e:1", "https://f:2/k")),
     "anchor_chain_id": ("1", "2", "3", "config.anchor_chain_id", (1, 2, 3)),
@@ -132,6 +134,9 @@ def test_flags_beat_environment_beat_toml_beat_defaults(name: str) -> None:
         Path(token_file).write_text(f"token-from-{token_file}-0123456789\n", encoding="utf-8")
     for policy_file in ("t.policy", "e.policy", "f.policy"):
         Path(policy_file).write_text("quorum none\n", encoding="utf-8")
+    for n, keys_file in enumerate(("t.keys", "e.keys", "f.keys"), start=1):
+        billing = SigningKey(f"billing-{n}.example", bytes([n]) * 32)
+        Path(keys_file).write_text(format_vkey(billing.verifier()) + "\n", encoding="utf-8")
     for n, key_file in enumerate(("t.key", "e.key", "f.key"), start=1):
         Path(key_file).write_text(f"{n:02x}" * 32 + "\n", encoding="ascii")
         Path(key_file).chmod(0o600)
@@ -194,6 +199,8 @@ def test_operator_token_file(tmp_path: Path) -> None:
         ({"operator_token_file": "missing"}, {}, None, "operator token file missing"),
         ({"verify_processes": "-1"}, {}, None, "--verify-processes -1: not a whole number"),
         ({}, {"METERLOG_VERIFY_PROCESSES": "65"}, None, "PROCESSES=65: more than 64"),
+        ({"billing_keys": "missing.keys"}, {}, None, "--billing-keys missing.keys: cannot read"),
+        ({"billing_keys": "serve.toml"}, {}, "port = 1", "not a file of Ed25519 verifier keys"),
     ],
 )
 @pytest.mark.usefixtures("in_tmp_path")

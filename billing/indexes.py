@@ -1,0 +1,110 @@
+"""Leaf-index lists kept on disk: each statement line's counted indices, in bounded memory.
+
+Owns :class:`LeafIndexLists`, which collects the leaf indices of many lists (one per line,
+one per listed exclusion) as a run finds them, in any order, and gives each list back sorted.
+Memory holds at most ``budget`` indices (8 bytes each) however long the range: a list's
+indices are buffered, sorted and written to a temporary file as a segment when the buffer
+fills (or when all buffers together reach the budget), and reading a list merges its sorted
+segments lazily (``heapq.merge``), a block at a time. The temporary file is deleted on
+:meth:`close`. Imports the standard library only.
+
+>>> with LeafIndexLists(budget=4, segment=2) as lists:
+...     for index in (9, 3, 7, 1, 8):
+...         lists.add(0, index)
+...     list(lists.read(0)), lists.count(0)
+([1, 3, 7, 8, 9], 5)
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import tempfile
+from array import array
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["LeafIndexLists"]
+
+_ITEM = 8  # bytes per index ("q": signed 64-bit)
+_READ_BLOCK = 1024
+
+
+class LeafIndexLists:
+    """Lists of leaf indices by integer key; see the module docstring."""
+
+    def __init__(
+        self, directory: Path | None = None, *, budget: int = 1 << 18, segment: int = 4096
+    ) -> None:
+        fd, name = tempfile.mkstemp(prefix="meterlog-indices-", dir=directory)
+        self._file = os.fdopen(fd, "w+b")
+        os.unlink(name)  # gone from the directory now; the space is freed at close
+        self._budget = budget
+        self._segment = segment
+        self._buffers: dict[int, array[int]] = {}
+        self._segments: dict[int, list[tuple[int, int]]] = {}
+        self._counts: dict[int, int] = {}
+        self._buffered = 0
+        self._end = 0
+
+    def __enter__(self) -> LeafIndexLists:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def add(self, key: int, index: int) -> None:
+        buffer = self._buffers.get(key)
+        if buffer is None:
+            buffer = self._buffers[key] = array("q")
+            self._counts[key] = 0
+        buffer.append(index)
+        self._counts[key] += 1
+        self._buffered += 1
+        if len(buffer) >= self._segment:
+            self._flush(key)
+        elif self._buffered >= self._budget:
+            for other in list(self._buffers):
+                self._flush(other)
+
+    def _flush(self, key: int) -> None:
+        buffer = self._buffers[key]
+        if not buffer:
+            return
+        ordered = array("q", sorted(buffer))
+        self._file.seek(self._end)
+        self._file.write(ordered.tobytes())
+        self._segments.setdefault(key, []).append((self._end, len(ordered)))
+        self._end += len(ordered) * _ITEM
+        self._buffered -= len(buffer)
+        self._buffers[key] = array("q")
+
+    def count(self, key: int) -> int:
+        """How many indices the list ``key`` holds."""
+        return self._counts.get(key, 0)
+
+    def read(self, key: int) -> Iterator[int]:
+        """The list's indices in increasing order (a list holds each index once)."""
+        self._file.flush()
+        sources = [self._segment_items(offset, n) for offset, n in self._segments.get(key, [])]
+        sources.append(iter(sorted(self._buffers.get(key, ()))))
+        return heapq.merge(*sources)
+
+    def _segment_items(self, offset: int, count: int) -> Iterator[int]:
+        fd = self._file.fileno()
+        done = 0
+        while done < count:
+            n = min(_READ_BLOCK, count - done)
+            block = array("q")
+            block.frombytes(os.pread(fd, n * _ITEM, offset + done * _ITEM))
+            yield from block
+            done += n

@@ -1,0 +1,321 @@
+"""The log's catalog and billing routes in process (httpx over ASGI, the app's own lifespan),
+on SQLite and PostgreSQL: creators, manifests, statements, disputes and revenue each logged by
+the rules of log_server.catalog, refused with the right status and field, never stored when
+refused; and the read routes the portal and billing use."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from log_server.app import create_app
+from log_server.config import Config
+from tlog.bundle import parse_bundle
+from tlog.entry import (
+    Dispute,
+    Manifest,
+    Statement,
+    decode_entry,
+    encode_entry,
+    sign_dispute,
+    sign_manifest,
+    sign_statement,
+    verify_creator,
+    verify_revenue,
+)
+from tlog.note import SigningKey, format_vkey, parse_vkey
+
+pytestmark = pytest.mark.anyio
+
+ORIGIN = "test.example/catalog"
+ALICE = SigningKey("acct:alice", b"\x21" * 32)
+BOB = SigningKey("acct:bob", b"\x22" * 32)
+BILLING = SigningKey("billing.test", b"\x23" * 32)
+STRANGER = SigningKey("billing.test", b"\x24" * 32)
+CONTENT = "sha256:" + "c1" * 32
+M1, M2 = "sha256:" + "a1" * 32, "sha256:" + "a2" * 32
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@dataclasses.dataclass
+class Log:
+    client: httpx.AsyncClient
+    data_dir: Path
+
+    @property
+    def admin(self) -> dict[str, str]:
+        token = (self.data_dir / "operator.token").read_text().strip()
+        return {"Authorization": f"Bearer {token}"}
+
+    async def creator(self, key: SigningKey, currency: str = "USD") -> httpx.Response:
+        body = {"creator_id": key.name, "key": format_vkey(key.verifier()), "currency": currency}
+        return await self.client.post("/v1/admin/creators", json=body, headers=self.admin)
+
+    async def send(self, path: str, entry: Any) -> httpx.Response:
+        return await self.client.post(path, content=encode_entry(entry))
+
+    async def size(self) -> int:
+        size: int = (await self.client.get("/healthz")).json()["tree_size"]
+        return size
+
+
+@pytest.fixture
+async def log(storage_url: str, tmp_path: Path) -> AsyncIterator[Log]:
+    keys = tmp_path / "billing.keys"
+    keys.write_text(f"# the billing key\n{format_vkey(BILLING.verifier())}\n")
+    config = Config(
+        data_dir=tmp_path / "data", origin=ORIGIN, db=storage_url, pool_interval_s=0.01,
+        checkpoint_interval_s=3600, billing_keys=keys,
+    )  # fmt: skip
+    app = create_app(config)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://log.test") as client:
+            yield Log(client, config.data_dir)
+
+
+def manifest(key: SigningKey = ALICE, **changes: Any) -> Manifest:
+    fields: dict[str, Any] = {
+        "action": "publish", "creator_id": key.name, "content_id": CONTENT, "version": 1,
+        "manifest": M1, "scopes": ("training",), "terms": (("training", "0.05"),),
+        "license": "https://market.test/l/1",
+    }  # fmt: skip
+    fields.update(changes)
+    return sign_manifest(Manifest(**fields), key)
+
+
+def statement(key: SigningKey = BILLING, **changes: Any) -> Statement:
+    fields: dict[str, Any] = {
+        "digest": "sha256:" + "d1" * 32, "creator_id": ALICE.name, "currency": "USD",
+        "range_start": 0, "range_end": 2, "period_end_ms": 1_700_000_000_000, "lines": 2,
+        "paid_minor": 100, "carry_minor": 0, "reserve_minor": 10,
+        "reserve_release_ms": 1_702_000_000_000,
+    }  # fmt: skip
+    fields.update(changes)
+    return sign_statement(Statement(**fields), key)
+
+
+async def test_creators_are_registered_by_the_operator(log: Log) -> None:
+    answer = await log.creator(ALICE)
+    assert answer.status_code == 200, answer.text
+    entry = decode_entry(parse_bundle(answer.json()["bundle"].encode()).extra or b"")
+    operator = parse_vkey((log.data_dir / "operator.vkey").read_text().strip())
+    verify_creator(entry, operator)  # type: ignore[arg-type]
+    assert (await log.creator(ALICE)).status_code == 409  # changes nothing
+    assert (await log.creator(ALICE, "EUR")).status_code == 200  # a new currency
+    creators = (await log.client.get("/v1/creators")).json()["creators"]
+    assert [(c["creator_id"], c["currency"], c["entry_index"]) for c in creators] == [
+        (ALICE.name, "EUR", 1)
+    ]
+    assert (await log.client.get(f"/v1/creators/{ALICE.name}")).json()["currency"] == "EUR"
+    assert (await log.client.get("/v1/creators/acct:nobody")).status_code == 404
+    refused = await log.client.post("/v1/admin/creators", json={"creator_id": "x"})
+    assert refused.status_code == 401
+
+
+async def test_manifests_are_signed_by_the_registered_creator(log: Log) -> None:
+    assert (await log.send("/v1/manifests", manifest())).json()["error"]["field"] == (
+        "manifest.creator_id"
+    )  # not registered yet: 409
+    await log.creator(ALICE)
+    await log.creator(BOB)
+    before = await log.size()
+    impostor = dataclasses.replace(manifest(), signature=manifest(BOB).signature)
+    answer = await log.send("/v1/manifests", impostor)
+    assert answer.status_code == 403 and answer.json()["error"]["field"] == "manifest.signature"
+    assert await log.size() == before
+    first = await log.send("/v1/manifests", manifest())
+    assert first.status_code == 200 and first.json()["status"] == "logged"
+    again = await log.send("/v1/manifests", manifest())
+    assert again.json()["status"] == "duplicate" and again.json()["index"] == first.json()["index"]
+    cases = [
+        (manifest(BOB, manifest=M2, version=2), 409, "manifest.content_id"),  # Alice's content
+        (manifest(manifest=M2, version=1), 409, "manifest.version"),
+        (manifest(version=2), 409, "manifest.manifest"),  # a digest is published once
+    ]
+    for entry, status, field in cases:
+        answer = await log.send("/v1/manifests", entry)
+        assert (answer.status_code, answer.json()["error"]["field"]) == (status, field)
+    assert (await log.send("/v1/manifests", manifest(manifest=M2, version=2))).status_code == 200
+    withdraw = manifest(action="withdraw", scopes=(), terms=(), license=None)
+    assert (await log.send("/v1/manifests", withdraw)).status_code == 200
+    assert (await log.send("/v1/manifests", withdraw)).json()["status"] == "duplicate"
+    catalog = (await log.client.get("/v1/catalog", params={"creator": ALICE.name})).json()
+    assert [(m["version"], m["withdrawn_index"] is not None) for m in catalog["manifests"]] == [
+        (1, True), (2, False),
+    ]  # fmt: skip
+    content = (await log.client.get("/v1/catalog", params={"content": CONTENT})).json()
+    assert len(content["manifests"]) == 2 and content["next_after"] is None
+
+
+async def test_bad_submissions_name_the_field_and_store_nothing(log: Log) -> None:
+    await log.creator(ALICE)
+    before = await log.size()
+    logged = json.loads(encode_entry(manifest(), logged_at_ms=5))
+    cases = [
+        ("/v1/manifests", b"{", 400, "body"),
+        ("/v1/manifests", b"[1]", 400, "entry"),
+        ("/v1/manifests", encode_entry(statement()), 400, "manifest.kind"),
+        ("/v1/manifests", json.dumps(logged).encode(), 400, "manifest.logged_at_ms"),
+        ("/v1/manifests", b'{"kind": "manifest", "version": 1.5}', 400, "body"),
+        ("/v1/disputes", encode_entry(manifest()), 400, "dispute.kind"),
+        ("/v1/statements", encode_entry(statement(STRANGER)), 403, "request"),
+    ]
+    for path, body, status, field in cases:
+        answer = await log.client.post(path, content=body)
+        assert (answer.status_code, answer.json()["error"]["field"]) == (status, field), body
+    admin = [
+        ({"creator_id": ALICE.name}, "creator.key"),
+        ({"creator_id": ALICE.name, "key": "k", "currency": "USD", "x": 1}, "creator.x"),
+        ({"creator_id": 5, "key": "k", "currency": "USD"}, "creator.creator_id"),
+        ({"creator_id": "a b", "key": format_vkey(ALICE.verifier()), "currency": "USD"},
+         "creator.creator_id"),
+    ]  # fmt: skip
+    for body, field in admin:
+        answer = await log.client.post("/v1/admin/creators", json=body, headers=log.admin)
+        assert (answer.status_code, answer.json()["error"]["field"]) == (400, field)
+    revenue = {"consumer_id": "acme", "currency": "USD", "amount_minor": 1.5}
+    answer = await log.client.post("/v1/admin/revenue", json=revenue, headers=log.admin)
+    assert answer.status_code == 400
+    assert await log.size() == before
+
+
+async def test_statements_chain_per_currency(log: Log) -> None:
+    await log.creator(ALICE)
+    await log.creator(BOB)
+
+    async def send(*entries: Statement) -> httpx.Response:
+        body = b"\n".join(encode_entry(e) for e in entries)
+        return await log.client.post(
+            "/v1/statements", content=body, headers={"Content-Type": "application/jsonl"}
+        )
+
+    def fields(answer: httpx.Response) -> list[str | None]:
+        return [r.get("error", {}).get("field") for r in answer.json()["results"]]
+
+    late = statement(range_start=1)
+    assert fields(await send(late)) == ["statement.range_start"]  # the first run starts at 0
+    beyond = statement(range_end=99)
+    assert fields(await send(beyond)) == ["statement.range_end"]  # not committed
+    forged = dataclasses.replace(statement(), paid_minor=10**6)
+    assert (await send(forged)).status_code == 403
+    first = statement()
+    bob_first = statement(creator_id=BOB.name, digest="sha256:" + "b1" * 32)
+    answer = await send(first, bob_first)
+    assert answer.status_code == 200, answer.text
+    assert [r["status"] for r in answer.json()["results"]] == ["logged", "logged"]
+    assert [r["status"] for r in (await send(first)).json()["results"]] == ["duplicate"]
+    size = await log.size()
+    cases = [
+        (statement(digest="sha256:" + "d2" * 32), "statement.creator_id"),  # one per run
+        (statement(digest="sha256:" + "d3" * 32, range_start=1, range_end=size),
+         "statement.range_start"),
+        (statement(digest="sha256:" + "d4" * 32, range_start=2, range_end=size),
+         "statement.previous"),
+        (statement(digest="sha256:" + "d5" * 32, range_start=2, range_end=size,
+                   previous=first.digest, period_end_ms=1), "statement.period_end_ms"),
+        (statement(digest="sha256:" + "d6" * 32, range_start=2, range_end=size,
+                   previous=first.digest, released=("sha256:" + "b1" * 32,)),
+         "statement.released"),
+    ]  # fmt: skip
+    for entry, field in cases:
+        assert fields(await send(entry)) == [field]
+    euro = statement(currency="EUR", digest="sha256:" + "e1" * 32)
+    assert fields(await send(euro)) == [None]  # another currency: its own chain from 0
+    second = statement(
+        digest="sha256:" + "d7" * 32, range_start=2, range_end=size, previous=first.digest,
+        released=(first.digest,),
+    )  # fmt: skip
+    assert fields(await send(second)) == [None]
+    listed = (await log.client.get("/v1/statements", params={"currency": "USD"})).json()
+    assert [s["digest"] for s in listed["statements"]] == [
+        first.digest, bob_first.digest, second.digest,
+    ]  # fmt: skip
+    latest = await log.client.get(
+        "/v1/statements", params={"currency": "USD", "latest": "1", "limit": "1"}
+    )
+    assert latest.json()["statements"][0]["digest"] == second.digest
+    one = (await log.client.get(f"/v1/statements/{first.digest}")).json()
+    assert one["released_by"] == second.digest and one["range_end"] == 2
+    assert (await log.client.get("/v1/statements/sha256:00")).status_code == 404
+    keys = (await log.client.get("/v1/billing-keys")).json()["billing_keys"]
+    assert keys == [format_vkey(BILLING.verifier())]
+
+
+async def test_disputes_open_and_close(log: Log) -> None:
+    await log.creator(ALICE)
+    await log.creator(BOB)
+    entry = statement()
+    await log.client.post("/v1/statements", content=encode_entry(entry))
+
+    def dispute(key: SigningKey = ALICE, **changes: Any) -> Dispute:
+        fields: dict[str, Any] = {
+            "action": "open", "creator_id": key.name, "statement": entry.digest, "line": 2,
+            "reason": "too low",
+        }  # fmt: skip
+        fields.update(changes)
+        return sign_dispute(Dispute(**fields), key)
+
+    cases = [
+        (dispute(line=3), 409, "dispute.line"),
+        (dispute(BOB), 409, "dispute.statement"),  # not Bob's statement
+        (dispute(statement="sha256:" + "00" * 32), 409, "dispute.statement"),
+        (dataclasses.replace(dispute(), reason="other"), 403, "dispute.signature"),
+        (dispute(action="close"), 409, "dispute.line"),  # nothing open
+    ]
+    for found, status, field in cases:
+        answer = await log.send("/v1/disputes", found)
+        assert (answer.status_code, answer.json()["error"]["field"]) == (status, field)
+    opened = await log.send("/v1/disputes", dispute())
+    assert opened.status_code == 200
+    assert (await log.send("/v1/disputes", dispute(reason="again"))).status_code == 409
+    listed = await log.client.get("/v1/disputes", params={"creator": ALICE.name, "open": "1"})
+    assert [(d["line"], d["closed_index"]) for d in listed.json()["disputes"]] == [(2, None)]
+    resolve = {"creator_id": ALICE.name, "statement": entry.digest, "line": 2, "reason": "ok"}
+    answer = await log.client.post("/v1/admin/disputes", json=resolve, headers=log.admin)
+    assert answer.status_code == 200, answer.text
+    listed = (await log.client.get("/v1/disputes", params={"creator": ALICE.name})).json()
+    assert listed["disputes"][0]["closed_index"] == answer.json()["index"]
+    answer = await log.client.post("/v1/admin/disputes", json=resolve, headers=log.admin)
+    assert answer.status_code == 409
+    operator_signed = dispute(action="close", by="operator")
+    assert (await log.send("/v1/disputes", operator_signed)).status_code == 400
+
+
+async def test_revenue_is_declared_once_per_reference(log: Log) -> None:
+    body = {"consumer_id": "acme-ai", "currency": "USD", "amount_minor": 100_000,
+            "period_start_ms": 0, "period_end_ms": 1000, "reference": "inv-1"}  # fmt: skip
+    answer = await log.client.post("/v1/admin/revenue", json=body, headers=log.admin)
+    assert answer.status_code == 200
+    entry = decode_entry(parse_bundle(answer.json()["bundle"].encode()).extra or b"")
+    verify_revenue(entry, parse_vkey((log.data_dir / "operator.vkey").read_text().strip()))  # type: ignore[arg-type]
+    again = await log.client.post("/v1/admin/revenue", json=body, headers=log.admin)
+    assert again.json()["status"] == "duplicate"
+    changed = await log.client.post(
+        "/v1/admin/revenue", json={**body, "amount_minor": 5}, headers=log.admin
+    )
+    assert changed.status_code == 409 and changed.json()["error"]["field"] == "revenue.reference"
+    listed = (await log.client.get("/v1/revenue", params={"consumer": "acme-ai"})).json()
+    assert [r["amount_minor"] for r in listed["revenue"]] == [100_000]
+    assert (await log.client.get("/v1/revenue")).status_code == 400
+
+
+async def test_a_log_without_billing_keys_takes_no_statements(tmp_path: Path) -> None:
+    config = Config(data_dir=tmp_path / "data", origin=ORIGIN, pool_interval_s=0.01)
+    app = create_app(config)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://log.test") as client:
+            answer = await client.post("/v1/statements", content=encode_entry(statement()))
+            assert answer.status_code == 403
+            assert (await client.get("/v1/billing-keys")).json() == {"billing_keys": []}
