@@ -26,14 +26,17 @@ Phases, in this order (``small`` = 10**4, ``big`` = ``--big-tree``, ``W`` = ``--
    before timing), the fastest of ``--repeat`` runs; before the server starts, so it takes
    no CPU from the floor. This is the one piece of work per receipt the log cannot skip.
 2. run 1, closed loop (``--concurrency`` batches in flight, a new one sent as each answer
-   arrives) from the empty tree up to ``small + W``; the rate "at 10**4" is measured while
-   the tree grows from ``small`` to ``small + W``. The part below 10**4 is the warm-up.
+   arrives) from the empty tree up to ``small + W``, then ``2 x --concurrency`` batches
+   more (the drain: a closed loop's last answers come as its batches in flight run out,
+   at falling concurrency, and no window includes them); the rate "at 10**4" is measured
+   while the tree grows from ``small`` to ``small + W``. The part below 10**4 is the warm-up.
 3. latency: ``W`` receipts sent open loop, one batch every ``batch / rate`` seconds, with
    ``rate`` half the rate measured at 10**4 (or ``--latency-rate``), whatever the answers do.
    A batch's latency is from the moment it was due to be sent to the moment its answer (with
    a proof bundle for every receipt) has been read: submit-to-proof, as an edge sees it.
-4. run 2, closed loop again, up to ``big + W``: the rate "at big" is measured while the tree
-   grows from ``big`` to ``big + W``, and the sustained rate over the whole of run 2.
+4. run 2, closed loop again, up to ``big + W`` and a drain: the rate "at big" is measured
+   while the tree grows from ``big`` to ``big + W``, and the sustained rate over the whole of
+   run 2 but its drain.
 
 Rates count receipts answered ``logged``: every answer must be HTTP 200 with one ``logged``
 result per receipt, else the benchmark stops with an error. Over an interval of tree sizes
@@ -528,6 +531,12 @@ class Plan:
     def batches(self, receipts: int) -> int:
         return max(0, math.ceil(receipts / self.batch))
 
+    @property
+    def drain(self) -> int:
+        """Batches sent after a closed loop's measured windows: its last answers come as the
+        batches in flight run out, at falling concurrency, and no window may include them."""
+        return 2 * self.concurrency
+
 
 def parse_args(argv: Sequence[str] | None) -> tuple[Plan, bool]:
     parser = argparse.ArgumentParser(
@@ -596,7 +605,7 @@ async def load(plan: Plan, out: Report, server: Server, bodies: list[bytes]) -> 
         f"registered, tree size {base}"
     )
 
-    n1 = plan.batches(SMALL_TREE + plan.window - base)
+    n1 = plan.batches(SMALL_TREE + plan.window - base) + plan.drain
     nl = plan.batches(plan.window)
     run1 = await closed_loop(server, bodies[:n1], b, plan.concurrency)
     small = run1.rate(SMALL_TREE - base, SMALL_TREE + plan.window - base)
@@ -621,10 +630,11 @@ async def load(plan: Plan, out: Report, server: Server, bodies: list[bytes]) -> 
     cpu_note(out, "latency", server, lrun)
 
     size = base + (n1 + nl) * b
-    n2 = plan.batches(plan.big + plan.window - size)
+    n2 = plan.batches(plan.big + plan.window - size) + plan.drain
     run2 = await closed_loop(server, bodies[n1 + nl : n1 + nl + n2], b, plan.concurrency)
     first = run2.answers[0][1]
-    sustained = run2.rate(first, n2 * b)
+    saturated = (n2 - plan.drain) * b  # receipts answered before the drain
+    sustained = run2.rate(first, saturated)
     figures["sustained"] = sustained.rate
     big = run2.rate(plan.big - size, plan.big + plan.window - size)
     figures["big"], figures["big_cpu_us"] = big.rate, big.cpu_us
@@ -637,7 +647,7 @@ async def load(plan: Plan, out: Report, server: Server, bodies: list[bytes]) -> 
     cpu_note(out, "run 2", server, run2)
     tenths = []
     for k in range(10):
-        lo, hi = max(first, k * n2 * b // 10), (k + 1) * n2 * b // 10
+        lo, hi = max(first, k * saturated // 10), (k + 1) * saturated // 10
         tenth = run2.rate(lo, hi)
         tenths.append(f"{size + lo:,}..{size + hi:,}: {tenth.rate:,.0f}/s ({tenth.cpu_us:.0f} us)")
     out.note(
@@ -652,7 +662,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan, as_json = parse_args(argv)
     out = Report(as_json)
     b = plan.batch
-    total_batches = plan.batches(plan.big + plan.window - plan.edges) + 1
+    total_batches = plan.batches(plan.big + plan.window - plan.edges) + 1 + 2 * plan.drain
     served_at_ms = week_start_ms()
     started = time.perf_counter()
     path = receipts_file(plan.cache_dir, total_batches * b, plan.edges, served_at_ms)
