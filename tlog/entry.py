@@ -38,7 +38,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, TypeAlias, TypeVar
+from typing import ClassVar, NoReturn, TypeAlias, TypeVar
 
 from tlog.errors import MalformedError, UnknownKeyError
 from tlog.note import ALG_ED25519, SigningKey, Verifier, format_vkey, parse_vkey
@@ -236,32 +236,46 @@ def _check_signature(value: bytes, field: str) -> None:
         raise MalformedError(field, f"{len(value)} bytes, not a 64-byte Ed25519 signature")
 
 
+_ABSENT = object()
+
+
 class _Reader:
     """Takes typed fields out of a decoded object; anything left over is an unknown field.
 
-    Only types are checked here; values are checked by the entry's ``__post_init__``.
+    Only types are checked here; values are checked by the entry's ``__post_init__``. The
+    object comes from a JSON parser, so its values are exactly str, int, bool, list, dict or
+    None (a bool is not an int here, nor None a missing field). The reader consumes it.
     """
 
-    def __init__(self, obj: Mapping[str, object], kind: str) -> None:
-        self._obj = dict(obj)
+    def __init__(self, obj: dict[str, object], kind: str) -> None:
+        self._obj = obj
         self._kind = kind
 
     def take_kind(self) -> None:
         del self._obj["kind"]
 
-    def _take(self, name: str, kind: type[_T]) -> _T:
-        if name not in self._obj:
+    def _wrong(self, name: str, value: object, kind: type) -> NoReturn:
+        if value is _ABSENT:
             raise MalformedError(f"{self._kind}.{name}", "missing")
-        value = self._obj.pop(name)
-        if isinstance(value, bool) or not isinstance(value, kind):
-            raise MalformedError(f"{self._kind}.{name}", f"{value!r} is not {kind.__name__}")
+        raise MalformedError(f"{self._kind}.{name}", f"{value!r} is not {kind.__name__}")
+
+    def _take(self, name: str, kind: type[_T]) -> _T:
+        value = self._obj.pop(name, _ABSENT)
+        if type(value) is not kind:
+            self._wrong(name, value, kind)
         return value
 
     def text(self, name: str) -> str:
-        return self._take(name, str)
+        value = self._obj.pop(name, _ABSENT)
+        if type(value) is not str:
+            self._wrong(name, value, str)
+        return value
 
     def integer(self, name: str) -> int:
-        return self._take(name, int)
+        value = self._obj.pop(name, _ABSENT)
+        if type(value) is not int:
+            self._wrong(name, value, int)
+        return value
 
     def optional_text(self, name: str) -> str | None:
         return self.text(name) if name in self._obj else None
@@ -275,7 +289,7 @@ class _Reader:
             raise MalformedError(f"{self._kind}.{name}", "not a pair [a, b]")
         pair: list[int] = []
         for i, item in enumerate(value):
-            if isinstance(item, bool) or not isinstance(item, int):
+            if type(item) is not int:
                 raise MalformedError(f"{self._kind}.{name}[{i}]", f"{item!r} is not int")
             pair.append(item)
         return pair[0], pair[1]
@@ -355,8 +369,10 @@ class Receipt:
 
     def __post_init__(self) -> None:
         _check_text(self.request_id, "receipt.request_id", _REQUEST_ID)
-        for name in ("edge", "consumer_id", "token_id", "creator_id"):
-            _check_text(getattr(self, name), f"receipt.{name}", _ID)
+        _check_text(self.edge, "receipt.edge", _ID)
+        _check_text(self.consumer_id, "receipt.consumer_id", _ID)
+        _check_text(self.token_id, "receipt.token_id", _ID)
+        _check_text(self.creator_id, "receipt.creator_id", _ID)
         if self.job_id is not None:
             _check_text(self.job_id, "receipt.job_id", _ID)
         _check_choice(self.scope, "receipt.scope", SCOPES)
