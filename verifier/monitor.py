@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -323,8 +324,25 @@ def _pool() -> ProcessPoolExecutor:
     and kept for the process's life."""
     global _POOL  # noqa: PLW0603 -- one pool per process, made only by a full audit
     if _POOL is None:
-        _POOL = ProcessPoolExecutor(pool_size(), mp_context=multiprocessing.get_context("spawn"))
+        _POOL = ProcessPoolExecutor(
+            pool_size(),
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_exit_with_parent,
+            initargs=(os.getpid(),),
+        )
     return _POOL
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In a worker: exit as soon as the monitor that started it is gone (killed with
+    SIGKILL, its workers would otherwise wait on their queue, and each other, for good)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 @dataclass(frozen=True, slots=True)
