@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,11 +180,17 @@ class LyingLog:
 
 
 def _proxy_app(upstream: str, liar: Callable[[], LyingLog]) -> Starlette:
-    client = httpx.AsyncClient(base_url=upstream, timeout=TIMEOUT_S)
     hop_by_hop = {"content-length", "content-encoding", "transfer-encoding", "connection"}
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with httpx.AsyncClient(base_url=upstream, timeout=TIMEOUT_S) as client:
+            app.state.client = client
+            yield
 
     async def forward(request: Request) -> Response:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        client: httpx.AsyncClient = request.app.state.client
         answer = await client.request(
             request.method,
             target,
@@ -201,7 +207,7 @@ def _proxy_app(upstream: str, liar: Callable[[], LyingLog]) -> Starlette:
         return Response(body, status_code=answer.status_code, headers=headers)
 
     methods = ["GET", "POST", "HEAD"]
-    return Starlette(routes=[Route("/{path:path}", forward, methods=methods)])
+    return Starlette(routes=[Route("/{path:path}", forward, methods=methods)], lifespan=lifespan)
 
 
 @contextmanager
