@@ -94,7 +94,7 @@ def test_each_verifying_page_says_what_it_verified_and_what_it_did_not(
     page: Page, live_log: LiveLog, name: str
 ) -> None:
     page.goto(live_log.portal(name))
-    scope = page.locator("section.scope")
+    scope = page.locator("section.claims")
     expect(scope).to_contain_text("What this page verified, and what it did not")
     assert page.locator("#verified li").count() >= 2
     assert page.locator("#not-verified li").count() >= 2
