@@ -896,27 +896,42 @@ async def healthz(request: Request) -> Response:
 
 
 async def get_anchors(request: Request) -> Response:
-    """The anchors the log sent, oldest first (paged by ``after``, an id; ``status`` picks
-    one status), and where it anchors; ``anchoring`` is null when it does not."""
+    """The anchors the log sent, oldest first (paged by ``after``, an id) or with
+    ``order=desc`` newest first (paged by ``before``); ``status`` picks one status; and where
+    it anchors: ``anchoring`` is null when it does not."""
     from log_server.anchoring import ANCHOR_STATUSES, anchor_json  # noqa: PLC0415
 
     state = _state(request)
-    after = _query_int(request, "after", 0)
     limit = _query_int(request, "limit", 100)
     if not 1 <= limit <= state.config.page_limit:
         raise MalformedError("limit", f"must be in 1..{state.config.page_limit}")
     status = request.query_params.get("status")
     if status is not None and status not in ANCHOR_STATUSES:
         raise MalformedError("status", f"not one of {', '.join(ANCHOR_STATUSES)}")
-    anchors = await asyncio.to_thread(
-        state.storage.anchors.list, after, limit, () if status is None else (status,)
-    )
+    statuses = () if status is None else (status,)
+    order = request.query_params.get("order", "asc")
+    if order == "asc":
+        if "before" in request.query_params:
+            raise MalformedError("before", "pages newest first only: give order=desc")
+        after = _query_int(request, "after", 0)
+        anchors = await asyncio.to_thread(state.storage.anchors.list, after, limit, statuses)
+        cursor = "next_after"
+    elif order == "desc":
+        if "after" in request.query_params:
+            raise MalformedError("after", "pages oldest first only: leave out order=desc")
+        before = _query_int(request, "before") if "before" in request.query_params else None
+        anchors = await asyncio.to_thread(
+            state.storage.anchors.list_newest_first, before, limit, statuses
+        )
+        cursor = "next_before"
+    else:
+        raise MalformedError("order", "not one of asc, desc")
     anchoring = None if state.anchoring is None else state.anchoring.describe()
     return _JSON(
         {
             "anchoring": anchoring,
             "anchors": [anchor_json(a) for a in anchors],
-            "next_after": anchors[-1].id if len(anchors) == limit else None,
+            cursor: anchors[-1].id if len(anchors) == limit else None,
         }
     )
 

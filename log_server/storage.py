@@ -740,6 +740,19 @@ class AnchorTables:
             query = query.where(model.status.in_(list(statuses)))
         return [self._anchor_of(row) for row in query.order_by(model.id).limit(limit)]
 
+    def list_newest_first(
+        self, before_id: int | None = None, limit: int = 100, statuses: Sequence[str] = ()
+    ) -> list[StoredAnchor]:
+        """Anchors newest first, below ``before_id`` when given, optionally only of
+        ``statuses``: the latest page without reading the history."""
+        model = self._anchor
+        query = model.select()
+        if before_id is not None:
+            query = query.where(model.id < before_id)
+        if statuses:
+            query = query.where(model.status.in_(list(statuses)))
+        return [self._anchor_of(row) for row in query.order_by(model.id.desc()).limit(limit)]
+
     def latest(self, statuses: Sequence[str] = ()) -> StoredAnchor | None:
         """The newest anchor (of ``statuses``, if given)."""
         model = self._anchor

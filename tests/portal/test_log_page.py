@@ -1,11 +1,18 @@
 """The Log page against the live log: the latest checkpoint verified in the browser, the
-growth chart, the anchors section and the edge-key registry, with real data."""
+growth chart, the anchors section and the edge-key registry, with real data; and against a
+log that anchors on the in-process chain (eth-tester), whose anchors the browser checks."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+
+import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.log_server.conftest import make_receipt
+from tests.log_server.server_process import now_ms, register_edge, start_server, submit
 from tests.portal.conftest import EDGE, LiveLog, screenshot
 
 pytestmark = pytest.mark.browser
@@ -26,3 +33,42 @@ def test_the_log_page_verifies_the_latest_checkpoint_and_shows_the_log(
     expect(page.locator("#edge-key-table")).to_contain_text(EDGE.name)
     expect(page.locator("#no-anchoring")).to_be_visible()
     screenshot(page, "log")
+
+
+@pytest.fixture(scope="module")
+def anchored_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A live log that anchors on the in-process chain (eth-tester), with a final anchor."""
+    data_dir = tmp_path_factory.mktemp("portal-anchored") / "data"
+    anchoring = ["--anchor-rpc", "eth-tester", "--anchor-interval", "0.2"]
+    anchoring += ["--anchor-confirmations", "1", "--anchor-poll-interval", "0.1"]
+    server = start_server(data_dir, origin="test.example/anchored", extra_args=anchoring)
+    try:
+        register_edge(server, EDGE)
+        with httpx.Client(timeout=30) as client:
+            batch = [make_receipt(n, served_at_ms=now_ms(), edge_key=EDGE) for n in range(3)]
+            assert submit(client, server.url, batch).status_code == 200
+            deadline = time.monotonic() + 30
+            while not client.get(f"{server.url}/v1/anchors?status=final").json()["anchors"]:
+                assert time.monotonic() < deadline, "no final anchor in 30 s"
+                time.sleep(0.1)
+        yield server.url
+    finally:
+        server.stop()
+
+
+def test_anchors_are_listed_and_checked_against_the_latest_checkpoint(
+    page: Page, anchored_log: str
+) -> None:
+    page.goto(f"{anchored_log}/portal/")
+    expect(page.locator("body[data-ready=yes]")).to_have_count(1)
+    rows = page.locator("#anchor-table tbody tr")
+    expect(rows.first).to_be_visible()
+    assert rows.count() >= 1
+    for i in range(rows.count()):
+        assert rows.nth(i).get_attribute("data-state") == "ok"
+        expect(rows.nth(i)).to_contain_text("✓ a prefix of the tree of size")
+    anchors = httpx.get(f"{anchored_log}/v1/anchors?status=final", timeout=10).json()["anchors"]
+    # No public explorer knows eth-tester's chain: the transaction hash is shown in full.
+    expect(page.locator("#anchors")).to_contain_text(anchors[0]["tx_hash"])
+    expect(page.locator("#anchors")).to_contain_text("No public explorer is known for this chain")
+    screenshot(page, "log-anchored")

@@ -204,7 +204,7 @@ async function anchorConsistency(anchor, latest) {
 
 async function showAnchors(latest) {
   const container = document.getElementById("anchors");
-  const { anchoring, anchors } = await getJSON("/v1/anchors", { limit: ANCHORS_SHOWN, status: "final" });
+  const { anchoring, anchors } = await getJSON("/v1/anchors", { order: "desc", limit: ANCHORS_SHOWN, status: "final" });
   if (!anchoring) {
     show(container, el("p", { id: "no-anchoring" }, "This log does not anchor its checkpoints on a chain (it runs without --anchor-rpc)."));
     return;
@@ -242,7 +242,7 @@ async function showAnchors(latest) {
       ? el(
           "table",
           { id: "anchor-table" },
-          el("caption", {}, `The first ${anchors.length} final anchors`),
+          el("caption", {}, `The latest ${anchors.length} final anchors, newest first`),
           el(
             "thead",
             {},
