@@ -247,6 +247,7 @@ async function main() {
     trust = await loadTrust();
   } catch (error) {
     show(trustContainer, failure(error));
+    document.body.dataset.ready = "error";
     return;
   }
   trustContainer.replaceWith(trustNote(trust));

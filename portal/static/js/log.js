@@ -2,7 +2,7 @@
 // checked here to be a prefix of the latest tree) and the edge-key registry. Every request
 // is one page of an indexed query, so the page costs the same on a log of 10**6 entries.
 
-import { APIError, getJSON, getText } from "./api.js";
+import { getJSON, getText } from "./api.js";
 import {
   cosignerOf,
   decodeB64,
@@ -40,7 +40,6 @@ async function signers(note, trust, opened) {
   return parseNote(note).lines.map(({ name, keyId }) => {
     const id = `${name}+${keyId}`;
     let role;
-    let state;
     if (name === trust.logKey.name && keyId === trust.logKey.keyId) {
       role = "the log's signature (Ed25519)";
     } else if (name === stamp.name && keyId === stamp.keyId) {
@@ -49,8 +48,7 @@ async function signers(note, trust, opened) {
       const witness = trust.witnesses.find((w) => w.name === name && w.keyId === keyId);
       role = witness ? "a witness the log lists (cosignature/v1)" : "a signer this page has no key for";
     }
-    if (verified.has(id)) state = "verified";
-    else state = "not verified (no key)";
+    const state = verified.has(id) ? "verified" : "not verified (no key)";
     return el("tr", {}, el("td", {}, el("code", {}, `${name}+${keyIdHex(keyId)}`)), el("td", {}, role), el("td", {}, state));
   });
 }
@@ -330,6 +328,7 @@ async function main() {
     trust = await loadTrust();
   } catch (error) {
     show(trustContainer, failure(error));
+    document.body.dataset.ready = "error";
     return;
   }
   trustContainer.replaceWith(trustNote(trust));
@@ -344,5 +343,5 @@ async function main() {
 
 main().catch((error) => {
   document.body.dataset.ready = "error";
-  document.getElementById("main").prepend(failure(error instanceof APIError ? error : String(error)));
+  document.getElementById("main").prepend(failure(error));
 });
