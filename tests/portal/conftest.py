@@ -5,6 +5,7 @@ session by tests/log_server/server_process.py), with an edge key registered and 
 receipts logged over several checkpoints, so every page has real data to show. ``browser``
 is Debian's Chromium (``/usr/bin/chromium``, which ``make test`` installs with apt) driven by
 playwright's Python package, headless; playwright never downloads a browser of its own.
+``witnessed_log`` is another, cosigned by a real ``meterlog witness serve``.
 ``page`` is a fresh browser context per test that fails the test on any uncaught JavaScript
 error. ``lying_log`` is the one fake: a proxy in front of the live log that rewrites chosen
 answers (a tampered proof, checkpoint or entry), for the tests that must see verification
@@ -38,8 +39,9 @@ from tests.log_server.server_process import (
     start_server,
     submit,
 )
+from tests.verifier.logs import LOG_KEY, WITNESS_KEY, build_log, free_port, running_witness
 from tlog.entry import Receipt
-from tlog.note import SigningKey
+from tlog.note import ALG_COSIGNATURE_V1, SigningKey, format_vkey
 
 CHROMIUM = Path("/usr/bin/chromium")
 """Debian's Chromium: the only browser the tests use (``apt-get install chromium``)."""
@@ -108,6 +110,36 @@ def live_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveLog]:
         yield log
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def witnessed_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A live log with a real ``meterlog witness serve`` in its witness policy (quorum: that
+    witness), three receipts (``req-0`` .. ``req-2``), and a cosigned checkpoint."""
+    root = tmp_path_factory.mktemp("portal-witnessed")
+    port = free_port()
+    witness_vkey = format_vkey(WITNESS_KEY.verifier(ALG_COSIGNATURE_V1))
+    policy = root / "witnesses.policy"
+    policy.write_text(f"witness w1 {witness_vkey} http://127.0.0.1:{port}\nquorum w1\n")
+    build_log(root / "log").close()  # LOG_KEY's log: the witness is told its key
+    with running_witness(root / "witness", port):
+        server = start_server(
+            root / "log",
+            origin=LOG_KEY.name,
+            extra_args=["--witness-policy", str(policy), "--witness-interval", "0.2"],
+        )
+        try:
+            register_edge(server, EDGE)
+            with httpx.Client(timeout=TIMEOUT_S) as client:
+                batch = [make_receipt(n, served_at_ms=now_ms(), edge_key=EDGE) for n in range(3)]
+                assert submit(client, server.url, batch).status_code == 200
+            deadline = time.monotonic() + 30
+            while WITNESS_KEY.name not in httpx.get(f"{server.url}/checkpoint", timeout=5).text:
+                assert time.monotonic() < deadline, "the witness did not cosign in 30 s"
+                time.sleep(0.05)
+            yield server.url
+        finally:
+            server.stop()
 
 
 # -- the browser -------------------------------------------------------------------------------

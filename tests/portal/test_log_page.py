@@ -15,8 +15,7 @@ from playwright.sync_api import Page, expect
 from tests.log_server.conftest import make_receipt
 from tests.log_server.server_process import now_ms, register_edge, start_server, submit
 from tests.portal.conftest import EDGE, LiveLog, screenshot
-from tests.verifier.logs import LOG_KEY, WITNESS_KEY, build_log, free_port, running_witness
-from tlog.note import ALG_COSIGNATURE_V1, format_vkey
+from tests.verifier.logs import WITNESS_KEY
 
 pytestmark = pytest.mark.browser
 
@@ -75,33 +74,6 @@ def test_anchors_are_listed_and_checked_against_the_latest_checkpoint(
     expect(page.locator("#anchors")).to_contain_text(anchors[0]["tx_hash"])
     expect(page.locator("#anchors")).to_contain_text("No public explorer is known for this chain")
     screenshot(page, "log-anchored")
-
-
-@pytest.fixture(scope="module")
-def witnessed_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A live log with a real ``meterlog witness serve`` in its witness policy, whose
-    checkpoint is cosigned."""
-    root = tmp_path_factory.mktemp("portal-witnessed")
-    port = free_port()
-    witness_vkey = format_vkey(WITNESS_KEY.verifier(ALG_COSIGNATURE_V1))
-    policy = root / "witnesses.policy"
-    policy.write_text(f"witness w1 {witness_vkey} http://127.0.0.1:{port}\nquorum w1\n")
-    build_log(root / "log").close()  # LOG_KEY's log: the witness is told its key
-    with running_witness(root / "witness", port):
-        server = start_server(
-            root / "log",
-            origin=LOG_KEY.name,
-            extra_args=["--witness-policy", str(policy), "--witness-interval", "0.2"],
-        )
-        try:
-            register_edge(server, EDGE)
-            deadline = time.monotonic() + 30
-            while WITNESS_KEY.name not in httpx.get(f"{server.url}/checkpoint", timeout=5).text:
-                assert time.monotonic() < deadline, "the witness did not cosign in 30 s"
-                time.sleep(0.05)
-            yield server.url
-        finally:
-            server.stop()
 
 
 def test_the_witness_that_cosigned_is_verified_and_named(page: Page, witnessed_log: str) -> None:
