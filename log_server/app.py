@@ -51,7 +51,7 @@ from log_server.sequencer import (
 )
 from log_server.signatures import SignatureChecker, SignedItem
 from log_server.storage import EdgeKeyRecord, Storage, StoredCheckpoint
-from log_server.witnesses import Witnessing
+from log_server.witnesses import Witnessing, witness_id
 from portal import portal_mount
 from tlog.bundle import ProofBundle, format_bundle
 from tlog.entry import (
@@ -830,24 +830,36 @@ async def get_log(request: Request) -> Response:
 
     A convenience for the portal and for people, not a root of trust: a verifier that takes
     the key from the server it checks has checked only that the server is self-consistent.
-    Pin the key (log.vkey) to check more; the portal says which one it used.
+    Pin the key (log.vkey) to check more; the portal says which one it used. Each witness
+    comes with the largest size it has cosigned (stored), and ``witness_refusals`` counts the
+    witnesses' refusals since this process started: a witness refuses a checkpoint that is
+    not consistent with one it cosigned, so any refusal means a fork or a log that lost data.
     """
     state = _state(request)
     witnessing = state.witnessing
-    witnesses: list[dict[str, str]] = []
+    witnesses: list[dict[str, object]] = []
     quorum = None
+    refusals = 0
     if witnessing is not None:
-        witnesses = [
-            {"name": w.name, "key": format_vkey(w.key), "url": w.url or ""}
-            for w in witnessing.policy.witnesses
-        ]
+        for w in witnessing.policy.witnesses:
+            cosigned = await asyncio.to_thread(state.storage.cosigned_size, witness_id(w))
+            witnesses.append(
+                {
+                    "name": w.name,
+                    "key": format_vkey(w.key),
+                    "url": w.url or "",
+                    "cosigned_size": cosigned,
+                }
+            )
         quorum = witnessing.policy.describe_quorum()
+        refusals = witnessing.outcomes.get("refused", 0)
     return _JSON(
         {
             "origin": state.config.origin,
             "log_key": format_vkey(state.keys.log_key.verifier()),
             "witnesses": witnesses,
             "quorum": quorum,
+            "witness_refusals": refusals,
         }
     )
 

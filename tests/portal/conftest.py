@@ -145,8 +145,11 @@ def witnessed_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 # -- the browser -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Chromium for one test module. Not for the session: playwright's sync API runs an
+    event loop in this thread while it is open, and the async tests that run after the
+    portal's (anyio) need the thread's loop free."""
     if not CHROMIUM.exists():
         pytest.fail(
             f"{CHROMIUM} is missing: `make test` installs it (apt-get install -y chromium)",
