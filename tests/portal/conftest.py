@@ -48,6 +48,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-output" / "portal"
 """Where the tests keep a screenshot of each page (docs/portal.md shows them)."""
 TIMEOUT_S = 30.0
+LIVE_ORIGIN = "test.example/portal"
 expect.set_options(timeout=TIMEOUT_S * 1000)  # a shared 2-core machine can be slow: wait, bounded
 EDGE = SigningKey("edge-portal", bytes(range(90, 122)))
 """The edge whose receipts the live log holds."""
@@ -84,7 +85,7 @@ class LiveLog:
 @pytest.fixture(scope="session")
 def live_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveLog]:
     data_dir = tmp_path_factory.mktemp("portal-log") / "data"
-    server = start_server(data_dir, origin="test.example/portal", checkpoint_interval_s=3600)
+    server = start_server(data_dir, origin=LIVE_ORIGIN, checkpoint_interval_s=3600)
     try:
         log = LiveLog(server)
         register_edge(server, EDGE)

@@ -14,8 +14,9 @@ from playwright.sync_api import Page, expect
 
 from tests.log_server.conftest import make_receipt
 from tests.log_server.server_process import now_ms, register_edge, start_server, submit
-from tests.portal.conftest import EDGE, LiveLog, screenshot
+from tests.portal.conftest import EDGE, LIVE_ORIGIN, LiveLog, screenshot
 from tests.verifier.logs import WITNESS_KEY
+from tlog.note import SigningKey, format_vkey
 
 pytestmark = pytest.mark.browser
 
@@ -86,3 +87,39 @@ def test_the_witness_that_cosigned_is_verified_and_named(page: Page, witnessed_l
     expect(row).to_contain_text("a witness the log lists")
     expect(row).to_contain_text("verified")
     screenshot(page, "log-witnessed")
+
+
+def test_a_pinned_key_is_used_and_a_wrong_one_fails(page: Page, live_log: LiveLog) -> None:
+    page.goto(live_log.portal("index.html#pin"))
+    expect(page.locator("body[data-ready=yes]")).to_have_count(1)
+    expect(page.locator("#trust-note")).to_have_attribute("data-pinned", "no")
+
+    page.get_by_label("Log verifier key").fill("not a key")
+    page.get_by_label("Log verifier key").press("Enter")
+    expect(page.locator("#pin-status")).to_contain_text("Not pinned: vkey")
+
+    impostor = SigningKey(LIVE_ORIGIN, bytes(32))  # the log's name, another key
+    page.get_by_label("Log verifier key").fill(format_vkey(impostor.verifier()))
+    page.get_by_role("button", name="Pin this key").click()
+    expect(page.locator("body[data-ready=yes]")).to_have_count(1)
+    note = page.locator("#trust-note")
+    expect(note).to_have_attribute("data-pinned", "yes")
+    expect(note).to_contain_text("The log now states a different key!")
+    signature = page.locator("#checkpoint li[data-step='Checkpoint signature']")
+    expect(signature).to_have_attribute("data-state", "failed")
+    screenshot(page, "log-wrong-pinned-key")
+
+    page.goto(live_log.portal("receipt.html?by=request&q=job-1-0"))
+    expect(page.locator("#verification .verdict")).to_have_attribute("data-verdict", "failed")
+    steps = page.locator("#verification li[data-step='Checkpoint signature']")
+    expect(steps).to_have_attribute("data-state", "failed")
+
+    page.goto(live_log.portal("index.html#pin"))
+    page.get_by_label("Log verifier key").fill(live_log.log_vkey)
+    page.get_by_role("button", name="Pin this key").click()
+    expect(page.locator("#trust-note")).to_have_attribute("data-pinned", "yes")
+    expect(page.locator("#trust-note")).not_to_contain_text("different key")
+    expect(signature).to_have_attribute("data-state", "ok")
+
+    page.get_by_role("button", name="Forget the pinned key").click()
+    expect(page.locator("#trust-note")).to_have_attribute("data-pinned", "no")
