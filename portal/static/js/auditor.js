@@ -62,8 +62,12 @@ async function signedTree(c) {
   }
 }
 
-async function loadPage() {
-  const { checkpoints } = await getJSON("/v1/checkpoints", { order: "desc", limit: PAGE_SIZE, before: oldestId });
+function fetchPage() {
+  return getJSON("/v1/checkpoints", { order: "desc", limit: PAGE_SIZE, before: oldestId });
+}
+
+async function loadPage(pending = null) {
+  const { checkpoints } = await (pending ?? fetchPage());
   const trees = await Promise.all(checkpoints.map(signedTree));
   checkpoints.forEach((c, i) => {
     c.signed = trees[i];
@@ -264,6 +268,8 @@ async function compareForeign(text) {
 
 async function main() {
   const trustContainer = document.getElementById("trust");
+  const first = fetchPage(); // the latest checkpoints load while the key does
+  first.catch(() => {});
   try {
     trust = await loadTrust();
   } catch (error) {
@@ -286,7 +292,7 @@ async function main() {
         document.body.dataset.ready = "yes";
       });
   });
-  document.getElementById("older").addEventListener("click", () => loadPage().catch((e) => show(document.getElementById("consistency"), failure(e))));
+  document.getElementById("older").addEventListener("click", () => loadPage(null).catch((e) => show(document.getElementById("consistency"), failure(e))));
   document.getElementById("foreign").addEventListener("submit", (event) => {
     event.preventDefault();
     document.body.dataset.ready = "busy";
@@ -296,7 +302,7 @@ async function main() {
         document.body.dataset.ready = "yes";
       });
   });
-  await loadPage();
+  await loadPage(first);
   document.body.dataset.ready = "yes";
 }
 

@@ -322,22 +322,26 @@ function setUpPinning() {
 
 async function main() {
   setUpPinning();
+  // The growth chart and the registry need no key: they load while the key does.
+  const untrusted = [
+    showGrowth().catch((e) => show(document.getElementById("growth"), failure(e))),
+    showEdgeKeys().catch((e) => show(document.getElementById("edge-keys"), failure(e))),
+  ];
   const trustContainer = document.getElementById("trust");
   let trust;
   try {
     trust = await loadTrust();
   } catch (error) {
     show(trustContainer, failure(error));
+    await Promise.all(untrusted);
     document.body.dataset.ready = "error";
     return;
   }
   trustContainer.replaceWith(trustNote(trust));
-  const parts = [
-    showCheckpoint(trust).then((cp) => showAnchors(cp).catch((e) => show(document.getElementById("anchors"), failure(e)))),
-    showGrowth().catch((e) => show(document.getElementById("growth"), failure(e))),
-    showEdgeKeys().catch((e) => show(document.getElementById("edge-keys"), failure(e))),
-  ];
-  await Promise.all(parts);
+  const checked = showCheckpoint(trust).then((cp) =>
+    showAnchors(cp).catch((e) => show(document.getElementById("anchors"), failure(e))),
+  );
+  await Promise.all([checked, ...untrusted]);
   document.body.dataset.ready = "yes";
 }
 
