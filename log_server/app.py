@@ -768,6 +768,22 @@ async def find_receipts(request: Request) -> Response:
     return _JSON({"receipts": receipts, "next_after": next_after})
 
 
+def _order(request: Request) -> tuple[bool, int | None]:
+    """How a history (checkpoints, anchors) is paged: oldest first after the id ``after``
+    (the default), or with ``order=desc`` newest first below the id ``before`` (none: the
+    latest page). (newest first?, the cursor given, if any.)"""
+    order = request.query_params.get("order", "asc")
+    if order == "asc":
+        if "before" in request.query_params:
+            raise MalformedError("before", "pages newest first only: give order=desc")
+        return False, _query_int(request, "after") if "after" in request.query_params else None
+    if order == "desc":
+        if "after" in request.query_params:
+            raise MalformedError("after", "pages oldest first only: leave out order=desc")
+        return True, _query_int(request, "before") if "before" in request.query_params else None
+    raise MalformedError("order", "not one of asc, desc")
+
+
 async def get_checkpoints(request: Request) -> Response:
     """The history of published checkpoints, oldest first, paged by ``after`` (an id); with
     ``order=desc``, newest first, paged by ``before`` (an id)."""
@@ -775,19 +791,11 @@ async def get_checkpoints(request: Request) -> Response:
     limit = _query_int(request, "limit", 100)
     if not 1 <= limit <= state.config.page_limit:
         raise MalformedError("limit", f"must be in 1..{state.config.page_limit}")
-    order = request.query_params.get("order", "asc")
-    if order == "asc":
-        if "before" in request.query_params:
-            raise MalformedError("before", "pages newest first only: give order=desc")
-        after = _query_int(request, "after", 0)
-        rows = await asyncio.to_thread(state.storage.checkpoints, after, limit)
-    elif order == "desc":
-        if "after" in request.query_params:
-            raise MalformedError("after", "pages oldest first only: leave out order=desc")
-        before = _query_int(request, "before") if "before" in request.query_params else None
-        rows = await asyncio.to_thread(state.storage.checkpoints_newest_first, before, limit)
+    newest_first, cursor = _order(request)
+    if newest_first:
+        rows = await asyncio.to_thread(state.storage.checkpoints_newest_first, cursor, limit)
     else:
-        raise MalformedError("order", "not one of asc, desc")
+        rows = await asyncio.to_thread(state.storage.checkpoints, cursor or 0, limit)
     return _JSON(
         {
             "checkpoints": [
@@ -921,29 +929,21 @@ async def get_anchors(request: Request) -> Response:
     if status is not None and status not in ANCHOR_STATUSES:
         raise MalformedError("status", f"not one of {', '.join(ANCHOR_STATUSES)}")
     statuses = () if status is None else (status,)
-    order = request.query_params.get("order", "asc")
-    if order == "asc":
-        if "before" in request.query_params:
-            raise MalformedError("before", "pages newest first only: give order=desc")
-        after = _query_int(request, "after", 0)
-        anchors = await asyncio.to_thread(state.storage.anchors.list, after, limit, statuses)
-        cursor = "next_after"
-    elif order == "desc":
-        if "after" in request.query_params:
-            raise MalformedError("after", "pages oldest first only: leave out order=desc")
-        before = _query_int(request, "before") if "before" in request.query_params else None
+    newest_first, cursor = _order(request)
+    if newest_first:
         anchors = await asyncio.to_thread(
-            state.storage.anchors.list_newest_first, before, limit, statuses
+            state.storage.anchors.list_newest_first, cursor, limit, statuses
         )
-        cursor = "next_before"
     else:
-        raise MalformedError("order", "not one of asc, desc")
+        anchors = await asyncio.to_thread(state.storage.anchors.list, cursor or 0, limit, statuses)
     anchoring = None if state.anchoring is None else state.anchoring.describe()
     return _JSON(
         {
             "anchoring": anchoring,
             "anchors": [anchor_json(a) for a in anchors],
-            cursor: anchors[-1].id if len(anchors) == limit else None,
+            "next_before" if newest_first else "next_after": (
+                anchors[-1].id if len(anchors) == limit else None
+            ),
         }
     )
 
