@@ -16,10 +16,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.portal.conftest import LiveLog, Rewrite, lying, screenshot
+from tests.portal.conftest import EDGE, LiveLog, Rewrite, lying, screenshot
 
 pytestmark = pytest.mark.browser
 
@@ -114,6 +115,30 @@ def test_a_receipt_of_a_witnessed_log_verifies_against_the_served_checkpoint(
         [str(METERLOG), *argv[1:]], cwd=tmp_path, capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_bundle_from_disk_is_verified_and_a_tampered_one_fails(
+    page: Page, live_log: LiveLog, tmp_path: Path
+) -> None:
+    answer = httpx.get(f"{live_log.url}/v1/receipts/{EDGE.name}/job-9-3", timeout=10).json()
+    good = tmp_path / "job-9-3.tlog-proof"
+    good.write_text(answer["bundle"], encoding="utf-8")
+    bad = tmp_path / "inflated.tlog-proof"
+    bad.write_text("\n".join(inflate_bytes_sent(answer["bundle"].split("\n"))), encoding="utf-8")
+
+    page.goto(live_log.portal("receipt.html"))
+    expect(page.locator("body[data-ready=yes]")).to_have_count(1)
+    page.get_by_label("Or verify a bundle you hold").set_input_files(good)
+    page.get_by_role("button", name="Verify this bundle").click()
+    expect(page.locator("#verification .verdict")).to_have_attribute("data-verdict", "ok")
+    expect(page.locator("#verification li[data-step='Inclusion proof']")).to_contain_text(
+        f"leaf {answer['index']} of the tree"
+    )
+
+    page.get_by_label("Or verify a bundle you hold").set_input_files(bad)
+    page.get_by_role("button", name="Verify this bundle").click()
+    expect(page.locator("#verification .verdict")).to_have_attribute("data-verdict", "failed")
+    assert step_states(page)["Inclusion proof"] == "failed"
 
 
 @pytest.mark.parametrize(

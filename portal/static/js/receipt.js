@@ -278,6 +278,18 @@ async function verifyAndShow(bundleText, index) {
   );
 }
 
+/** A bundle from the user's disk, verified like a looked-up one (it never leaves the page). */
+async function verifyFile(file) {
+  const text = await file.text();
+  let index = 0n;
+  try {
+    index = parseBundle(utf8(text)).index;
+  } catch {
+    // the Bundle format step says what is wrong with it
+  }
+  await verifyAndShow(text, index);
+}
+
 function resultsTable(receipts) {
   return el(
     "table",
@@ -361,6 +373,17 @@ async function main() {
     document.body.dataset.ready = "busy";
     lookUp(chosen, value)
       .catch((e) => show(document.getElementById("results"), failure(e)))
+      .finally(() => {
+        document.body.dataset.ready = "yes";
+      });
+  });
+  document.getElementById("upload").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const [file] = document.getElementById("bundle-file").files;
+    if (!file) return;
+    document.body.dataset.ready = "busy";
+    verifyFile(file)
+      .catch((e) => show(document.getElementById("verification"), failure(e)))
       .finally(() => {
         document.body.dataset.ready = "yes";
       });
