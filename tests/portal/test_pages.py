@@ -5,6 +5,7 @@ and was not verified, and text colours at WCAG AA contrast."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -14,7 +15,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from portal import STATIC_DIR
-from tests.portal.conftest import LiveLog
+from tests.portal.conftest import LiveLog, lying
 
 pytestmark = pytest.mark.browser
 
@@ -130,3 +131,22 @@ def test_the_palette_meets_wcag_aa_contrast() -> None:
     assert contrast("#ffffff", "#14213d") >= 4.5  # the navigation bar and buttons
     assert contrast("#4a4a4a", "#e6f4ea") >= 4.5  # step details on a verified step
     assert contrast("#4a4a4a", "#fdecec") >= 4.5  # ... and on a failed one
+
+
+@pytest.mark.parametrize("name", VERIFYING_PAGES)
+def test_a_page_whose_log_key_is_garbage_says_so_and_verifies_nothing(
+    page: Page, live_log: LiveLog, name: str
+) -> None:
+    def garbled_key(path: str, body: bytes) -> bytes | None:
+        if not path.startswith("/v1/log"):
+            return None
+        about = json.loads(body)
+        name, _, key = about["log_key"].split("+", 2)
+        about["log_key"] = f"{name}+00000000+{key}"  # a key ID that does not match the key
+        return json.dumps(about).encode()
+
+    with lying(live_log, garbled_key) as liar:
+        page.goto(liar.portal(name))
+        expect(page.locator("body[data-ready=error]")).to_have_count(1)
+        expect(page.get_by_role("alert").first).to_contain_text("vkey.key_id: 00000000")
+        expect(page.locator("li[data-state=ok]")).to_have_count(0)
