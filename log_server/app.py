@@ -3,7 +3,8 @@
 Owns the route list, request parsing, the mapping of errors to HTTP statuses (in one place,
 the exception handlers), and the lifespan that opens storage and starts the scheduler (seal
 the pool every ``pool_interval_s``; re-sign the checkpoint every ``checkpoint_interval_s``).
-Handlers are thin: parse, call storage, the pool or tlog, format. Imports tlog and log_server.
+Handlers are thin: parse, call storage, the pool or tlog, format. The browser portal's static
+files are mounted at ``/portal/`` (portal.portal_mount). Imports tlog, log_server and portal.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ from log_server.sequencer import (
 )
 from log_server.signatures import SignatureChecker, SignedItem
 from log_server.storage import EdgeKeyRecord, Storage, StoredCheckpoint
-from log_server.witnesses import Witnessing
+from log_server.witnesses import Witnessing, witness_id
+from portal import portal_mount
 from tlog.bundle import ProofBundle, format_bundle
 from tlog.entry import (
     Creator,
@@ -70,6 +72,7 @@ from tlog.entry import (
     signed_message,
 )
 from tlog.errors import MalformedError
+from tlog.note import format_vkey
 from tlog.parsing import MAX_INT63, decode_b64, encode_b64, parse_decimal
 from tlog.policy import parse_policy
 from tlog.proofs import consistency_proof, inclusion_proof, inclusion_proofs
@@ -719,6 +722,7 @@ async def get_receipt(request: Request) -> Response:
 
 
 _FINDERS = {
+    "request": "request_id",
     "consumer": "consumer_id",
     "job": "job_id",
     "creator": "creator_id",
@@ -727,7 +731,8 @@ _FINDERS = {
 
 
 async def find_receipts(request: Request) -> Response:
-    """Receipts by consumer, job, creator or content, in index order, with proof bundles.
+    """Receipts by request id (from any edge), consumer, job, creator or content, in index
+    order, with proof bundles.
 
     Page with ``after`` (the last index seen) and ``limit``; ``next_after`` is null at the end.
     """
@@ -742,9 +747,12 @@ async def find_receipts(request: Request) -> Response:
     limit = _query_int(request, "limit", 100)
     if not 1 <= limit <= state.config.page_limit:
         raise MalformedError("limit", f"must be in 1..{state.config.page_limit}")
-    records = await asyncio.to_thread(
-        state.storage.find_entries, _FINDERS[name], value, after, limit
-    )
+    if name == "request":
+        records = await asyncio.to_thread(state.storage.find_by_request_id, value, after, limit)
+    else:
+        records = await asyncio.to_thread(
+            state.storage.find_entries, _FINDERS[name], value, after, limit
+        )
     checkpoint = await asyncio.to_thread(state.storage.latest_checkpoint)
     if checkpoint is None:
         raise HTTPException(503, "no checkpoint yet")
@@ -760,14 +768,34 @@ async def find_receipts(request: Request) -> Response:
     return _JSON({"receipts": receipts, "next_after": next_after})
 
 
+def _order(request: Request) -> tuple[bool, int | None]:
+    """How a history (checkpoints, anchors) is paged: oldest first after the id ``after``
+    (the default), or with ``order=desc`` newest first below the id ``before`` (none: the
+    latest page). (newest first?, the cursor given, if any.)"""
+    order = request.query_params.get("order", "asc")
+    if order == "asc":
+        if "before" in request.query_params:
+            raise MalformedError("before", "pages newest first only: give order=desc")
+        return False, _query_int(request, "after") if "after" in request.query_params else None
+    if order == "desc":
+        if "after" in request.query_params:
+            raise MalformedError("after", "pages oldest first only: leave out order=desc")
+        return True, _query_int(request, "before") if "before" in request.query_params else None
+    raise MalformedError("order", "not one of asc, desc")
+
+
 async def get_checkpoints(request: Request) -> Response:
-    """The history of published checkpoints, oldest first, paged by ``after`` (an id)."""
+    """The history of published checkpoints, oldest first, paged by ``after`` (an id); with
+    ``order=desc``, newest first, paged by ``before`` (an id)."""
     state = _state(request)
-    after = _query_int(request, "after", 0)
     limit = _query_int(request, "limit", 100)
     if not 1 <= limit <= state.config.page_limit:
         raise MalformedError("limit", f"must be in 1..{state.config.page_limit}")
-    rows = await asyncio.to_thread(state.storage.checkpoints, after, limit)
+    newest_first, cursor = _order(request)
+    if newest_first:
+        rows = await asyncio.to_thread(state.storage.checkpoints_newest_first, cursor, limit)
+    else:
+        rows = await asyncio.to_thread(state.storage.checkpoints, cursor or 0, limit)
     return _JSON(
         {
             "checkpoints": [
@@ -780,6 +808,66 @@ async def get_checkpoints(request: Request) -> Response:
                 }
                 for row_id, c in rows
             ]
+        }
+    )
+
+
+_GROWTH_POINTS = 1000
+
+
+async def get_growth(request: Request) -> Response:
+    """The tree size over time: about ``points`` checkpoints spread evenly over the whole
+    history (the first and the latest included), for the portal's growth chart. Only sizes
+    and times: the signed notes are in /v1/checkpoints."""
+    points = _query_int(request, "points", 100)
+    if not 2 <= points <= _GROWTH_POINTS:
+        raise MalformedError("points", f"must be in 2..{_GROWTH_POINTS}")
+    samples = await asyncio.to_thread(_state(request).storage.checkpoint_growth, points)
+    return _JSON(
+        {
+            "points": [
+                {"id": row_id, "tree_size": size, "signed_at_ms": signed_at_ms}
+                for row_id, size, signed_at_ms in samples
+            ]
+        }
+    )
+
+
+async def get_log(request: Request) -> Response:
+    """Who the log says it is: its origin, its verifier key and the witnesses it submits to.
+
+    A convenience for the portal and for people, not a root of trust: a verifier that takes
+    the key from the server it checks has checked only that the server is self-consistent.
+    Pin the key (log.vkey) to check more; the portal says which one it used. Each witness
+    comes with the largest size it has cosigned (stored), and ``witness_refusals`` counts the
+    witnesses' refusals since this process started: a witness refuses a checkpoint that is
+    not consistent with one it cosigned, so any refusal means a fork or a log that lost data.
+    """
+    state = _state(request)
+    witnessing = state.witnessing
+    witnesses: list[dict[str, object]] = []
+    quorum = None
+    refusals = 0
+    if witnessing is not None:
+        for w in witnessing.policy.witnesses:
+            cosigned = await asyncio.to_thread(state.storage.cosigned_size, witness_id(w))
+            witnesses.append(
+                {
+                    "name": w.name,
+                    "key": format_vkey(w.key),
+                    "url": w.url or "",
+                    "cosigned_size": cosigned,
+                }
+            )
+        quorum = witnessing.policy.describe_quorum()
+        refusals = witnessing.outcomes.get("refused", 0)
+    return _JSON(
+        {
+            "origin": state.config.origin,
+            "log_key": format_vkey(state.keys.log_key.verifier()),
+            "witnesses": witnesses,
+            "quorum": quorum,
+            "witness_refusals": refusals,
         }
     )
 
@@ -828,27 +916,34 @@ async def healthz(request: Request) -> Response:
 
 
 async def get_anchors(request: Request) -> Response:
-    """The anchors the log sent, oldest first (paged by ``after``, an id; ``status`` picks
-    one status), and where it anchors; ``anchoring`` is null when it does not."""
+    """The anchors the log sent, oldest first (paged by ``after``, an id) or with
+    ``order=desc`` newest first (paged by ``before``); ``status`` picks one status; and where
+    it anchors: ``anchoring`` is null when it does not."""
     from log_server.anchoring import ANCHOR_STATUSES, anchor_json  # noqa: PLC0415
 
     state = _state(request)
-    after = _query_int(request, "after", 0)
     limit = _query_int(request, "limit", 100)
     if not 1 <= limit <= state.config.page_limit:
         raise MalformedError("limit", f"must be in 1..{state.config.page_limit}")
     status = request.query_params.get("status")
     if status is not None and status not in ANCHOR_STATUSES:
         raise MalformedError("status", f"not one of {', '.join(ANCHOR_STATUSES)}")
-    anchors = await asyncio.to_thread(
-        state.storage.anchors.list, after, limit, () if status is None else (status,)
-    )
+    statuses = () if status is None else (status,)
+    newest_first, cursor = _order(request)
+    if newest_first:
+        anchors = await asyncio.to_thread(
+            state.storage.anchors.list_newest_first, cursor, limit, statuses
+        )
+    else:
+        anchors = await asyncio.to_thread(state.storage.anchors.list, cursor or 0, limit, statuses)
     anchoring = None if state.anchoring is None else state.anchoring.describe()
     return _JSON(
         {
             "anchoring": anchoring,
             "anchors": [anchor_json(a) for a in anchors],
-            "next_after": anchors[-1].id if len(anchors) == limit else None,
+            "next_before" if newest_first else "next_after": (
+                anchors[-1].id if len(anchors) == limit else None
+            ),
         }
     )
 
@@ -1026,6 +1121,8 @@ def create_app(config: Config) -> Starlette:
         Route("/v1/receipts", submit_receipts, methods=["POST"]),
         Route("/v1/receipts", find_receipts, methods=["GET"]),
         Route("/v1/receipts/{edge}/{request_id}", get_receipt, methods=["GET"]),
+        Route("/v1/log", get_log, methods=["GET"]),
+        Route("/v1/growth", get_growth, methods=["GET"]),
         Route("/v1/checkpoints", get_checkpoints, methods=["GET"]),
         Route("/v1/checkpoints/{tree_size}", get_checkpoint_at, methods=["GET"]),
         Route("/v1/proofs/inclusion", get_inclusion, methods=["GET"]),
@@ -1051,6 +1148,7 @@ def create_app(config: Config) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", get_metrics, methods=["GET"]),
         Route("/openapi.json", get_openapi, methods=["GET"]),
+        portal_mount("/portal"),
     ]
     handlers = {
         MalformedError: _malformed,

@@ -58,6 +58,8 @@ __all__ = [
 
 _SEQUENCER_LOCK_ID = 0x6D657465726C6F67  # "meterlog"
 _CHUNK = 500
+_GROWTH_CHUNK = 200
+"""Seeks per statement: SQLite allows 500 terms in a compound SELECT."""
 PARTITION_BITS = 14
 """An entry's partition is its index >> PARTITION_BITS: runs of 16,384 entries."""
 _FINDABLE = ("consumer_id", "job_id", "creator_id", "content_id")
@@ -393,6 +395,47 @@ class Storage:
         )
         return [(row.id, _checkpoint(row)) for row in rows]
 
+    def checkpoints_newest_first(
+        self, before_id: int | None = None, limit: int = 100
+    ) -> list[tuple[int, StoredCheckpoint]]:
+        """The latest checkpoints first (ids below ``before_id``, when given): a page of
+        recent history without reading the older rows, on the primary key's index."""
+        table = self._t.checkpoints
+        query = table.select()
+        if before_id is not None:
+            query = query.where(table.id < before_id)
+        rows = query.order_by(table.id.desc()).limit(limit)
+        return [(row.id, _checkpoint(row)) for row in rows]
+
+    def checkpoint_growth(self, points: int) -> list[tuple[int, int, int]]:
+        """About ``points`` (id, tree_size, signed_at_ms) samples spread evenly over the whole
+        checkpoint history, oldest first, the first and the latest included.
+
+        One indexed seek per sample (the first id at or above each step), never a scan, and
+        no note read: the log's growth at a glance costs the same on a year of history. The
+        seeks go in one statement (a UNION ALL of them, in chunks): one query per sample
+        through peewee cost the portal's Log page tens of milliseconds.
+        """
+        table = self._t.checkpoints
+        low, high = table.select(peewee.fn.MIN(table.id), peewee.fn.MAX(table.id)).scalar(
+            as_tuple=True
+        )
+        if low is None:
+            return []
+        steps = max(1, points - 1)
+        targets = sorted({low + (high - low) * i // steps for i in range(steps + 1)})
+        name = table._meta.table_name
+        seek = (
+            f'SELECT * FROM (SELECT "id", "tree_size", "signed_at_ms" FROM "{name}" '  # noqa: S608
+            f'WHERE "id" >= {self.db.param} ORDER BY "id" LIMIT 1) AS s'
+        )
+        samples: dict[int, tuple[int, int, int]] = {}
+        for chunk in _chunks(targets, _GROWTH_CHUNK):
+            sql = " UNION ALL ".join([seek] * len(chunk))
+            for row_id, size, signed_at_ms in self.db.execute_sql(sql, list(chunk)).fetchall():
+                samples[row_id] = (row_id, size, signed_at_ms)
+        return [samples[i] for i in sorted(samples)]
+
     def checkpoint_at(self, tree_size: int) -> StoredCheckpoint | None:
         """The latest checkpoint signed at exactly ``tree_size``."""
         row = (
@@ -485,6 +528,21 @@ class Storage:
             found.extend(_entry(row) for row in rows)
         return found
 
+    def find_by_request_id(
+        self, request_id: str, after: int = -1, limit: int = 100
+    ) -> list[EntryRecord]:
+        """Receipts with this request id from any edge, in index order after ``after``: one
+        seek on the global unique (request_id, edge) index (request ids are unique per edge,
+        so there are as many rows as edges that used the id, at most)."""
+        entries = self._t.entries
+        rows = (
+            entries.select()
+            .where((entries.request_id == request_id) & (entries.idx > after))
+            .order_by(entries.idx)
+            .limit(limit)
+        )
+        return [_entry(row) for row in rows]
+
     def edge_keys(self) -> list[EdgeKeyRecord]:
         return [
             _edge_key(row)
@@ -550,9 +608,9 @@ def _edge_key(row: Any) -> EdgeKeyRecord:
 _T = TypeVar("_T")
 
 
-def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
-    for i in range(0, len(items), _CHUNK):
-        yield items[i : i + _CHUNK]
+def _chunks(items: Sequence[_T], size: int = _CHUNK) -> Iterator[Sequence[_T]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
 
 
 # -- anchors ------------------------------------------------------------------------------
@@ -685,6 +743,19 @@ class AnchorTables:
         if statuses:
             query = query.where(model.status.in_(list(statuses)))
         return [self._anchor_of(row) for row in query.order_by(model.id).limit(limit)]
+
+    def list_newest_first(
+        self, before_id: int | None = None, limit: int = 100, statuses: Sequence[str] = ()
+    ) -> list[StoredAnchor]:
+        """Anchors newest first, below ``before_id`` when given, optionally only of
+        ``statuses``: the latest page without reading the history."""
+        model = self._anchor
+        query = model.select()
+        if before_id is not None:
+            query = query.where(model.id < before_id)
+        if statuses:
+            query = query.where(model.status.in_(list(statuses)))
+        return [self._anchor_of(row) for row in query.order_by(model.id.desc()).limit(limit)]
 
     def latest(self, statuses: Sequence[str] = ()) -> StoredAnchor | None:
         """The newest anchor (of ``statuses``, if given)."""
