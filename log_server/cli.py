@@ -190,6 +190,13 @@ def _billing_keys(value: str) -> Path:
     return path
 
 
+def _directory(value: str) -> Path:
+    path = _path(value)
+    if not path.is_dir():
+        raise ValueError("not a directory")
+    return path
+
+
 @dataclass(frozen=True, slots=True)
 class Option:
     """One ``serve`` setting: flag ``--<name with dashes>``, variable ``METERLOG_<NAME>``,
@@ -245,6 +252,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("billing_keys", "FILE", "the billing keys whose statements the log accepts: "
            "a file of verifier keys, one per line", _billing_keys, (str,), None,
            "billing_keys", "none: no statements"),
+    Option("statements", "DIR", "billing runs' output directory (or a parent of several): "
+           "the log serves the statement documents in it whose digest it has logged",
+           _directory, (str,), None, "statements_dir", "none: no documents"),
     Option("witness_interval", "S", "seconds between rounds of witness submissions",
            _seconds, (int, float), "1", "witness_interval_s"),
     Option("anchor_rpc", "URL", "anchor checkpoints on this chain: an http(s) JSON-RPC URL, "
@@ -471,6 +481,8 @@ def _announce(settings: Settings, port: int) -> None:
             f"  billing keys:   {count} in {config.billing_keys} (statements they sign are "
             "accepted)"
         )
+    if config.statements_dir is not None:
+        lines.append(f"  statements:     documents served from {config.statements_dir}")
     if config.anchor_rpc is not None:
         lines.append(
             f"  anchoring:      on {_display_rpc(config.anchor_rpc)} every "

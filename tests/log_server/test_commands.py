@@ -106,6 +106,8 @@ LAYERS: dict[str, tuple[str, str, str, str, tuple[object, object, object]]] = {
     "witness_interval": ("2", "3.5", "4", "config.witness_interval_s", (2.0, 3.5, 4.0)),
     "billing_keys": ('"t.keys"', "e.keys", "f.keys", "config.billing_keys",
                      (Path("t.keys"), Path("e.keys"), Path("f.keys"))),
+    "statements": ('"t.runs"', "e.runs", "f.runs", "config.statements_dir",
+                   (Path("t.runs"), Path("e.runs"), Path("f.runs"))),
     "anchor_rpc": ('"eth-tester"', "http://e:1", "https://f:2/k", "config.anchor_rpc",
                    ("eth-tester", "http://e:1", "https://f:2/k")),
     "anchor_chain_id": ("1", "2", "3", "config.anchor_chain_id", (1, 2, 3)),
@@ -137,6 +139,8 @@ def test_flags_beat_environment_beat_toml_beat_defaults(name: str) -> None:
     for n, keys_file in enumerate(("t.keys", "e.keys", "f.keys"), start=1):
         billing = SigningKey(f"billing-{n}.example", bytes([n]) * 32)
         Path(keys_file).write_text(format_vkey(billing.verifier()) + "\n", encoding="utf-8")
+    for runs_dir in ("t.runs", "e.runs", "f.runs"):
+        Path(runs_dir).mkdir()
     for n, key_file in enumerate(("t.key", "e.key", "f.key"), start=1):
         Path(key_file).write_text(f"{n:02x}" * 32 + "\n", encoding="ascii")
         Path(key_file).chmod(0o600)
@@ -201,6 +205,7 @@ def test_operator_token_file(tmp_path: Path) -> None:
         ({}, {"METERLOG_VERIFY_PROCESSES": "65"}, None, "PROCESSES=65: more than 64"),
         ({"billing_keys": "missing.keys"}, {}, None, "--billing-keys missing.keys: cannot read"),
         ({"billing_keys": "serve.toml"}, {}, "port = 1", "not a file of Ed25519 verifier keys"),
+        ({"statements": "missing.runs"}, {}, None, "--statements missing.runs: not a directory"),
     ],
 )
 @pytest.mark.usefixtures("in_tmp_path")
