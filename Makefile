@@ -2,7 +2,8 @@
 #   make run    - set up what is missing, then run the log on http://127.0.0.1:8080
 #                 (data in ./meterlog-data; `meterlog demo` still shows the tlog core offline)
 #   make test   - set up what is missing, then run every check and the whole test suite
-#                 (including a rebuild of the anchor contract, compared with the committed one)
+#                 (including a rebuild of the anchor contract, compared with the committed one,
+#                 and the portal's browser tests in Debian's Chromium)
 # Everything else here is what those two need.
 
 PYTHON ?= python3
@@ -10,13 +11,18 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
+# The portal's browser tests drive Debian's Chromium through playwright's Python package;
+# playwright must never download a browser of its own.
+CHROMIUM := /usr/bin/chromium
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 .PHONY: run test lint bench lock clean contract contract-check
 
-run: $(STAMP) $(NODE_STAMP)
+run: $(STAMP) $(NODE_STAMP) $(CHROMIUM)
 	$(BIN)/meterlog serve
 
-test: $(STAMP) $(NODE_STAMP)
+test: $(STAMP) $(NODE_STAMP) $(CHROMIUM)
 	node anchor/solidity/build.cjs --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -51,6 +57,11 @@ $(STAMP): pyproject.toml requirements/lock.txt
 $(NODE_STAMP): package.json package-lock.json
 	npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $(NODE_STAMP)
+
+# Debian's Chromium, for the portal's browser tests (and to open the portal with): from apt,
+# with sudo when not root. Installed once; its path is what tests/portal launches.
+$(CHROMIUM):
+	$(SUDO) apt-get install -y chromium || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
 
 # Rebuild the anchor contract's ABI and bytecode from its source (then commit them), or
 # check that the committed ones are exactly what the pinned compiler builds (make test does).

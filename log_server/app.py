@@ -3,7 +3,8 @@
 Owns the route list, request parsing, the mapping of errors to HTTP statuses (in one place,
 the exception handlers), and the lifespan that opens storage and starts the scheduler (seal
 the pool every ``pool_interval_s``; re-sign the checkpoint every ``checkpoint_interval_s``).
-Handlers are thin: parse, call storage, the pool or tlog, format. Imports tlog and log_server.
+Handlers are thin: parse, call storage, the pool or tlog, format. The browser portal's static
+files are mounted at ``/portal/`` (portal.portal_mount). Imports tlog, log_server and portal.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from log_server.sequencer import (
 from log_server.signatures import SignatureChecker, SignedItem
 from log_server.storage import EdgeKeyRecord, EntryRecord, Storage, StoredCheckpoint
 from log_server.witnesses import Witnessing
+from portal import portal_mount
 from tlog.bundle import ProofBundle, format_bundle
 from tlog.entry import (
     Creator,
@@ -1238,6 +1240,7 @@ def create_app(config: Config) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", get_metrics, methods=["GET"]),
         Route("/openapi.json", get_openapi, methods=["GET"]),
+        portal_mount("/portal"),
     ]
     handlers = {
         MalformedError: _malformed,
