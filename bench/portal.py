@@ -60,8 +60,8 @@ from pathlib import Path
 
 import httpx
 
-from log_server.sequencer import LogIdentity, Logged, sequence
-from log_server.storage import Storage
+from log_server.sequencer import Logged, LogIdentity, sequence
+from log_server.storage import Storage, StoredCheckpoint
 from tlog.entry import (
     Creator,
     EdgeKey,
@@ -79,7 +79,7 @@ from tlog.statement import (
     StatementDocument,
     StatementLine,
     Totals,
-    statement_chunks,
+    format_statement,
 )
 
 ORIGIN = "bench.example/portal"
@@ -132,8 +132,8 @@ class Spread:
         out = []
         for c in creators:
             consumer = rng.randrange(CONSUMERS)
-            out.append((c, rng.randrange(CONTENT_PER_CREATOR), consumer,
-                        consumer * JOBS_PER_CONSUMER + rng.randrange(JOBS_PER_CONSUMER)))  # fmt: skip
+            job = consumer * JOBS_PER_CONSUMER + rng.randrange(JOBS_PER_CONSUMER)
+            out.append((c, rng.randrange(CONTENT_PER_CREATOR), consumer, job))
         return out
 
 
@@ -163,8 +163,9 @@ def seal(storage: Storage, log: LogIdentity, entries: Sequence[Entry], now_ms: i
 
 
 def statement_document(
-    c: int, end: int, lines: dict[int, list[int]], checkpoint: str, root: str, now_ms: int
+    c: int, lines: dict[int, list[int]], checkpoint: StoredCheckpoint, now_ms: int
 ) -> StatementDocument:
+    end = checkpoint.tree_size
     key = creator_key(c)
     statement_lines = []
     for number, k in enumerate(sorted(lines), 1):
@@ -179,7 +180,8 @@ def statement_document(
         )  # fmt: skip
     total = sum(len(v) for v in lines.values())
     return StatementDocument(
-        origin=ORIGIN, checkpoint=checkpoint, tree_size=end, root_hash=root, range_start=0,
+        origin=ORIGIN, checkpoint=checkpoint.note.decode(), tree_size=end,
+        root_hash=encode_b64(checkpoint.root_hash), range_start=0,
         range_end=end, period_start_ms=0, period_end_ms=now_ms,
         policy_digest="sha256:" + "00" * 32, policy='currency = "USD"\n', currency="USD",
         minor_exponent=2, billing_key=format_vkey(BILLING.verifier()), creator_id=key.name,
@@ -268,10 +270,8 @@ def bill(
     end = checkpoint.tree_size
     statements: list[Entry] = []
     for c in sorted(lines):
-        document = statement_document(c, end, lines[c], checkpoint.note.decode(),
-                                      encode_b64(checkpoint.root_hash), now_ms)  # fmt: skip
-        by_line = {("line", n): line.leaf_indices for n, line in enumerate(document.lines, 1)}
-        data = b"".join(statement_chunks(document.head(), lambda kind, n: by_line[(kind, n)]))
+        document = statement_document(c, lines[c], checkpoint, now_ms)
+        data = format_statement(document)
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         (runs / f"statement-creator-{c}.json").write_bytes(data)
         statements.append(
@@ -318,7 +318,8 @@ def start_server(root: Path) -> Server:
         raise BenchError(f"no {meterlog}: run `make test` (it builds .venv) first")
     port = free_port()
     command = [str(meterlog), "serve", "--data-dir", str(root / "data"), "--origin", ORIGIN,
-               "--host", "127.0.0.1", "--port", str(port), "--statements", str(root / "runs")]  # fmt: skip
+               "--host", "127.0.0.1", "--port", str(port),
+               "--statements", str(root / "runs")]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("METERLOG_")}
     log_path = root / "server.log"
     with log_path.open("wb") as out:
@@ -360,7 +361,8 @@ Page = Callable[[httpx.Client, Subject], None]
 def get(client: httpx.Client, path: str, **params: object) -> httpx.Response:
     response = client.get(path, params={k: str(v) for k, v in params.items()})
     if response.status_code != 200:
-        raise BenchError(f"GET {response.request.url}: {response.status_code} {response.text[:300]}")
+        url, status = response.request.url, response.status_code
+        raise BenchError(f"GET {url}: {status} {response.text[:300]}")
     return response
 
 
@@ -453,7 +455,7 @@ def subjects(client: httpx.Client, meta: dict[str, int], rounds: int) -> list[Su
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def measure(url: str, meta: dict[str, int], rounds: int, warmup: int) -> dict[str, list[float]]:
@@ -522,7 +524,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json:
             print(json.dumps(figure))
         else:
-            extra = "" if figure["ratio"] is None else f" (floor {figure['floor']}, ratio {figure['ratio']})"
+            extra = ""
+            if figure["ratio"] is not None:
+                extra = f" (floor {figure['floor']}, ratio {figure['ratio']})"
             print(f"{figure['metric']:>32}: {figure['value']} {figure['unit']}{extra}")
     return 0
 
