@@ -76,6 +76,7 @@ from tlog.entry import (
     signed_message,
 )
 from tlog.errors import MalformedError
+from tlog.note import format_vkey
 from tlog.parsing import MAX_INT63, decode_b64, encode_b64, parse_decimal
 from tlog.policy import parse_policy
 from tlog.proofs import consistency_proof, inclusion_proof, inclusion_proofs
@@ -896,6 +897,7 @@ async def get_receipt(request: Request) -> Response:
 
 
 _FINDERS = {
+    "request": "request_id",
     "consumer": "consumer_id",
     "job": "job_id",
     "creator": "creator_id",
@@ -904,7 +906,8 @@ _FINDERS = {
 
 
 async def find_receipts(request: Request) -> Response:
-    """Receipts by consumer, job, creator or content, in index order, with proof bundles.
+    """Receipts by request id (from any edge), consumer, job, creator or content, in index
+    order, with proof bundles.
 
     Page with ``after`` (the last index seen) and ``limit``; ``next_after`` is null at the end.
     """
@@ -919,9 +922,12 @@ async def find_receipts(request: Request) -> Response:
     limit = _query_int(request, "limit", 100)
     if not 1 <= limit <= state.config.page_limit:
         raise MalformedError("limit", f"must be in 1..{state.config.page_limit}")
-    records = await asyncio.to_thread(
-        state.storage.find_entries, _FINDERS[name], value, after, limit
-    )
+    if name == "request":
+        records = await asyncio.to_thread(state.storage.find_by_request_id, value, after, limit)
+    else:
+        records = await asyncio.to_thread(
+            state.storage.find_entries, _FINDERS[name], value, after, limit
+        )
     checkpoint = await asyncio.to_thread(state.storage.latest_checkpoint)
     if checkpoint is None:
         raise HTTPException(503, "no checkpoint yet")
@@ -938,13 +944,25 @@ async def find_receipts(request: Request) -> Response:
 
 
 async def get_checkpoints(request: Request) -> Response:
-    """The history of published checkpoints, oldest first, paged by ``after`` (an id)."""
+    """The history of published checkpoints, oldest first, paged by ``after`` (an id); with
+    ``order=desc``, newest first, paged by ``before`` (an id)."""
     state = _state(request)
-    after = _query_int(request, "after", 0)
     limit = _query_int(request, "limit", 100)
     if not 1 <= limit <= state.config.page_limit:
         raise MalformedError("limit", f"must be in 1..{state.config.page_limit}")
-    rows = await asyncio.to_thread(state.storage.checkpoints, after, limit)
+    order = request.query_params.get("order", "asc")
+    if order == "asc":
+        if "before" in request.query_params:
+            raise MalformedError("before", "pages newest first only: give order=desc")
+        after = _query_int(request, "after", 0)
+        rows = await asyncio.to_thread(state.storage.checkpoints, after, limit)
+    elif order == "desc":
+        if "after" in request.query_params:
+            raise MalformedError("after", "pages oldest first only: leave out order=desc")
+        before = _query_int(request, "before") if "before" in request.query_params else None
+        rows = await asyncio.to_thread(state.storage.checkpoints_newest_first, before, limit)
+    else:
+        raise MalformedError("order", "not one of asc, desc")
     return _JSON(
         {
             "checkpoints": [
@@ -957,6 +975,54 @@ async def get_checkpoints(request: Request) -> Response:
                 }
                 for row_id, c in rows
             ]
+        }
+    )
+
+
+_GROWTH_POINTS = 1000
+
+
+async def get_growth(request: Request) -> Response:
+    """The tree size over time: about ``points`` checkpoints spread evenly over the whole
+    history (the first and the latest included), for the portal's growth chart. Only sizes
+    and times: the signed notes are in /v1/checkpoints."""
+    points = _query_int(request, "points", 100)
+    if not 2 <= points <= _GROWTH_POINTS:
+        raise MalformedError("points", f"must be in 2..{_GROWTH_POINTS}")
+    samples = await asyncio.to_thread(_state(request).storage.checkpoint_growth, points)
+    return _JSON(
+        {
+            "points": [
+                {"id": row_id, "tree_size": size, "signed_at_ms": signed_at_ms}
+                for row_id, size, signed_at_ms in samples
+            ]
+        }
+    )
+
+
+async def get_log(request: Request) -> Response:
+    """Who the log says it is: its origin, its verifier key and the witnesses it submits to.
+
+    A convenience for the portal and for people, not a root of trust: a verifier that takes
+    the key from the server it checks has checked only that the server is self-consistent.
+    Pin the key (log.vkey) to check more; the portal says which one it used.
+    """
+    state = _state(request)
+    witnessing = state.witnessing
+    witnesses: list[dict[str, str]] = []
+    quorum = None
+    if witnessing is not None:
+        witnesses = [
+            {"name": w.name, "key": format_vkey(w.key), "url": w.url or ""}
+            for w in witnessing.policy.witnesses
+        ]
+        quorum = witnessing.policy.describe_quorum()
+    return _JSON(
+        {
+            "origin": state.config.origin,
+            "log_key": format_vkey(state.keys.log_key.verifier()),
+            "witnesses": witnesses,
+            "quorum": quorum,
         }
     )
 
@@ -1207,6 +1273,8 @@ def create_app(config: Config) -> Starlette:
         Route("/v1/receipts", submit_receipts, methods=["POST"]),
         Route("/v1/receipts", find_receipts, methods=["GET"]),
         Route("/v1/receipts/{edge}/{request_id}", get_receipt, methods=["GET"]),
+        Route("/v1/log", get_log, methods=["GET"]),
+        Route("/v1/growth", get_growth, methods=["GET"]),
         Route("/v1/checkpoints", get_checkpoints, methods=["GET"]),
         Route("/v1/checkpoints/{tree_size}", get_checkpoint_at, methods=["GET"]),
         Route("/v1/proofs/inclusion", get_inclusion, methods=["GET"]),

@@ -164,8 +164,10 @@ OPENAPI: dict[str, Any] = {
                 },
             },
             **_get(
-                "Receipts of one consumer, job, creator or content, with bundles",
+                "Receipts of one request id (any edge), consumer, job, creator or content, "
+                "with bundles",
                 [
+                    _text("request", "request_id (from any edge)"),
                     _text("consumer", "consumer_id"),
                     _text("job", "job_id"),
                     _text("creator", "creator_id"),
@@ -201,9 +203,32 @@ OPENAPI: dict[str, Any] = {
             [_int("start", "first index"), _int("end", "one past the last index")],
             _JSON,
         ),
+        "/v1/log": _get(
+            "The log's origin, verifier key and witnesses, as the log states them (pin the "
+            "key to trust it)",
+            [],
+            _JSON,
+        ),
+        "/v1/growth": _get(
+            "The tree size over time: about `points` checkpoints spread over the history",
+            [_int("points", "how many samples, 2..1000 (default 100)")],
+            _JSON,
+        ),
         "/v1/checkpoints": _get(
-            "Published checkpoints, oldest first",
-            [_int("after", "the last id already seen"), _int("limit", "page size")],
+            "Published checkpoints, oldest first (paged by after), or newest first with "
+            "order=desc (paged by before)",
+            [
+                _int("after", "the last id already seen (oldest first)"),
+                _int("before", "the last id already seen (order=desc)"),
+                {
+                    "name": "order",
+                    "in": "query",
+                    "required": False,
+                    "description": "asc (default) or desc",
+                    "schema": {"type": "string", "enum": ["asc", "desc"]},
+                },
+                _int("limit", "page size"),
+            ],
             _JSON,
         ),
         "/v1/checkpoints/{tree_size}": _get(

@@ -393,6 +393,45 @@ class Storage:
         )
         return [(row.id, _checkpoint(row)) for row in rows]
 
+    def checkpoints_newest_first(
+        self, before_id: int | None = None, limit: int = 100
+    ) -> list[tuple[int, StoredCheckpoint]]:
+        """The latest checkpoints first (ids below ``before_id``, when given): a page of
+        recent history without reading the older rows, on the primary key's index."""
+        table = self._t.checkpoints
+        query = table.select()
+        if before_id is not None:
+            query = query.where(table.id < before_id)
+        rows = query.order_by(table.id.desc()).limit(limit)
+        return [(row.id, _checkpoint(row)) for row in rows]
+
+    def checkpoint_growth(self, points: int) -> list[tuple[int, int, int]]:
+        """About ``points`` (id, tree_size, signed_at_ms) samples spread evenly over the whole
+        checkpoint history, oldest first, the first and the latest included.
+
+        One indexed lookup per sample (the first id at or above each step), never a scan,
+        and no note read: the log's growth at a glance costs the same on a year of history.
+        """
+        table = self._t.checkpoints
+        low, high = table.select(peewee.fn.MIN(table.id), peewee.fn.MAX(table.id)).scalar(
+            as_tuple=True
+        )
+        if low is None:
+            return []
+        steps = max(1, points - 1)
+        targets = sorted({low + (high - low) * i // steps for i in range(steps + 1)})
+        samples: dict[int, tuple[int, int, int]] = {}
+        for target in targets:
+            row = (
+                table.select(table.id, table.tree_size, table.signed_at_ms)
+                .where(table.id >= target)
+                .order_by(table.id)
+                .first()
+            )
+            if row is not None:
+                samples[row.id] = (row.id, row.tree_size, row.signed_at_ms)
+        return [samples[i] for i in sorted(samples)]
+
     def checkpoint_at(self, tree_size: int) -> StoredCheckpoint | None:
         """The latest checkpoint signed at exactly ``tree_size``."""
         row = (
@@ -515,6 +554,21 @@ class Storage:
             for row in self.db.execute_sql(sql, list(chunk)).fetchall():
                 found.append(EntryRecord(row[0], bytes(row[2]), bytes(row[3]), *row[4:]))
         return found
+
+    def find_by_request_id(
+        self, request_id: str, after: int = -1, limit: int = 100
+    ) -> list[EntryRecord]:
+        """Receipts with this request id from any edge, in index order after ``after``: one
+        seek on the global unique (request_id, edge) index (request ids are unique per edge,
+        so there are as many rows as edges that used the id, at most)."""
+        entries = self._t.entries
+        rows = (
+            entries.select()
+            .where((entries.request_id == request_id) & (entries.idx > after))
+            .order_by(entries.idx)
+            .limit(limit)
+        )
+        return [_entry(row) for row in rows]
 
     def edge_keys(self) -> list[EdgeKeyRecord]:
         return [

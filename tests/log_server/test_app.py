@@ -215,6 +215,53 @@ async def test_find_receipts_pages_with_bundles(log: Log) -> None:
         verify_bundle(parse_bundle(r["bundle"].encode()), [log.key])
 
 
+async def test_find_receipts_by_request_id_from_any_edge(log: Log) -> None:
+    await log.register(EDGE)
+    await log.register(OTHER_EDGE)
+    await log.submit(receipt(1), receipt(2), receipt(1, key=OTHER_EDGE))
+    found = (await log.client.get("/v1/receipts?request=req-1")).json()
+    entries = [parse_bundle(r["bundle"].encode()) for r in found["receipts"]]
+    edges = [getattr(decode_entry(b.extra or b""), "edge", None) for b in entries]
+    assert sorted(edges) == sorted([EDGE.name, OTHER_EDGE.name])
+    assert [r["index"] for r in found["receipts"]] == sorted(r["index"] for r in found["receipts"])
+    for bundle in entries:
+        verify_bundle(bundle, [log.key])
+    assert (await log.client.get("/v1/receipts?request=req-9")).json()["receipts"] == []
+
+
+async def test_checkpoints_newest_first_and_the_growth_samples(log: Log) -> None:
+    await log.register(EDGE)
+    for i in range(5):
+        assert (await log.submit(receipt(i))).status_code == 200
+    oldest_first = (await log.client.get("/v1/checkpoints?limit=1000")).json()["checkpoints"]
+    assert len(oldest_first) >= 6
+    newest = (await log.client.get("/v1/checkpoints?order=desc&limit=2")).json()["checkpoints"]
+    assert newest == oldest_first[::-1][:2]
+    before = newest[-1]["id"]
+    page = await log.client.get(f"/v1/checkpoints?order=desc&before={before}&limit=2")
+    assert page.json()["checkpoints"] == oldest_first[::-1][2:4]
+
+    growth = (await log.client.get("/v1/growth?points=3")).json()["points"]
+    assert growth[0]["id"] == oldest_first[0]["id"]
+    assert growth[-1]["tree_size"] == oldest_first[-1]["tree_size"] == 6
+    assert 2 <= len(growth) <= 3
+    everything = (await log.client.get("/v1/growth?points=1000")).json()["points"]
+    assert everything == [
+        {"id": c["id"], "tree_size": c["tree_size"], "signed_at_ms": c["signed_at_ms"]}
+        for c in oldest_first
+    ]
+
+
+async def test_the_log_states_its_key_and_witnesses(log: Log) -> None:
+    about = (await log.client.get("/v1/log")).json()
+    assert about == {
+        "origin": ORIGIN,
+        "log_key": format_vkey(log.key),
+        "witnesses": [],
+        "quorum": None,
+    }
+
+
 async def test_revoked_key_stops_receipts_served_after_it(log: Log) -> None:
     await log.register(EDGE)
     now = time.time_ns() // 1_000_000
@@ -342,6 +389,12 @@ BAD_REQUESTS = [
     get("entries backwards", "/v1/entries?start=5&end=2", 400, "end"),
     get("entries page too big", "/v1/entries?start=0&end=100000", 400, "end"),
     get("two finders", "/v1/receipts?consumer=a&job=b", 400, "query"),
+    get("request and job", "/v1/receipts?request=a&job=b", 400, "query"),
+    get("order sideways", "/v1/checkpoints?order=up", 400, "order"),
+    get("before, oldest first", "/v1/checkpoints?before=3", 400, "before"),
+    get("after, newest first", "/v1/checkpoints?order=desc&after=1", 400, "after"),
+    get("growth of one point", "/v1/growth?points=1", 400, "points"),
+    get("growth too fine", "/v1/growth?points=1001", 400, "points"),
     get("limit 0", "/v1/receipts?consumer=a&limit=0", 400, "limit"),
     get("unknown receipt", "/v1/receipts/edge-1/nope", 404, "no receipt"),
     admin("no token", 401),
