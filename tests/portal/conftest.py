@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -200,8 +200,13 @@ def _proxy_app(upstream: str, liar: Callable[[], LyingLog]) -> Starlette:
         headers = {k: v for k, v in answer.headers.items() if k.lower() not in hop_by_hop}
         return Response(body, status_code=answer.status_code, headers=headers)
 
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await client.aclose()  # else its pooled sockets warn (ResourceWarning: an error here)
+
     methods = ["GET", "POST", "HEAD"]
-    return Starlette(routes=[Route("/{path:path}", forward, methods=methods)])
+    return Starlette(routes=[Route("/{path:path}", forward, methods=methods)], lifespan=lifespan)
 
 
 @contextmanager
