@@ -96,7 +96,9 @@ function fieldError(field, reason) {
  * format_skey) as a WebCrypto key and its verifier; the key ID must be the derived key's.
  */
 export async function importSigningKey(text) {
-  const parts = text.trim().split("+");
+  // At most five parts, as parse_skey's split("+", 4): base64 may hold "+" itself.
+  const all = text.trim().split("+");
+  const parts = all.length > 5 ? [...all.slice(0, 4), all.slice(4).join("+")] : all;
   if (parts.length !== 5 || parts[0] !== "PRIVATE" || parts[1] !== "KEY") {
     throw fieldError("key", "not PRIVATE+KEY+<name>+<hex id>+<base64 key>");
   }
