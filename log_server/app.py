@@ -647,12 +647,12 @@ async def get_line_receipts(request: Request) -> Response:
     line = parse_decimal(request.path_params["line"], "line")
     after, limit = _page(request, state)
     documents = state.documents
-    document = None if documents is None else await asyncio.to_thread(documents.document, digest)
-    if document is None:
+    lines = None if documents is None else await asyncio.to_thread(documents.lines, digest)
+    if lines is None:
         raise HTTPException(404, f"the log has no document for statement {digest}")
-    if not 1 <= line <= len(document.lines):
+    if not 1 <= line <= len(lines):
         raise HTTPException(404, f"statement {digest} has no line {line}")
-    indices = document.lines[line - 1].leaf_indices
+    indices = lines[line - 1]
     start = bisect.bisect_right(indices, after)
     page = indices[start : start + limit]
     checkpoint = await _latest(state)

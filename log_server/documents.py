@@ -10,21 +10,23 @@ or replaced on disk is never served under a digest it no longer has; readers che
 digest again anyway.
 
 Owns finding, reading and parsing those files (parsed documents are kept for a few
-statements, so paging through a line does not re-parse it). Imports tlog only; never
+statements, so paging through a line does not re-read it). Imports tlog and orjson; never
 billing (the file names are billing's documented ``statement-*.json``, nothing more).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from tlog.errors import MalformedError
-from tlog.statement import StatementDocument, parse_statement
+import orjson
+
+from tlog.statement import FORMAT
 
 __all__ = ["StatementDocuments"]
 
@@ -59,13 +61,13 @@ class StatementDocuments:
     only the files that are new or changed since the last one.
     """
 
-    def __init__(self, root: Path, rescan_interval_s: float = 1.0, parsed: int = 4) -> None:
+    def __init__(self, root: Path, rescan_interval_s: float = 1.0, parsed: int = 8) -> None:
         self.root = root
         self._rescan_interval_s = rescan_interval_s
         self._seen: dict[Path, _Seen] = {}
         self._paths: dict[str, Path] = {}
         self._scanned_at = float("-inf")
-        self._parsed: OrderedDict[str, StatementDocument] = OrderedDict()
+        self._parsed: OrderedDict[str, tuple[tuple[int, ...], ...]] = OrderedDict()
         self._parsed_max = parsed
         self._lock = threading.Lock()
 
@@ -111,9 +113,15 @@ class StatementDocuments:
                 return None
             return data
 
-    def document(self, digest: str) -> StatementDocument | None:
-        """The parsed document of ``digest`` (None if there is none, or it is not a valid
-        statement: billing writes only valid ones, so that is someone else's file)."""
+    def lines(self, digest: str) -> tuple[tuple[int, ...], ...] | None:
+        """The leaf indices of each line of the document of ``digest``, line 1 first (None if
+        there is no such document, or it is not a statement).
+
+        Read with orjson and checked only as far as this needs (the format, lines numbered
+        1..n, increasing integer indices): the bytes are the ones a logged, billing-signed
+        entry names, and tlog.statement's full parse (every field and the money) takes
+        30 times as long, 0.3 s for a statement of 170,000 receipts, on every page of a line.
+        """
         with self._lock:
             cached = self._parsed.get(digest)
             if cached is not None:
@@ -122,12 +130,34 @@ class StatementDocuments:
         data = self.read(digest)
         if data is None:
             return None
-        try:
-            document = parse_statement(data)
-        except MalformedError:
+        lines = _line_indices(data)
+        if lines is None:
             return None
         with self._lock:
-            self._parsed[digest] = document
+            self._parsed[digest] = lines
             while len(self._parsed) > self._parsed_max:
                 self._parsed.popitem(last=False)
-        return document
+        return lines
+
+
+def _line_indices(data: bytes) -> tuple[tuple[int, ...], ...] | None:
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        return None
+    lines = document.get("lines")
+    if not isinstance(lines, list):
+        return None
+    out = []
+    for number, line in enumerate(lines, 1):
+        if not isinstance(line, dict) or line.get("line") != number:
+            return None
+        indices = line.get("leaf_indices")
+        if not isinstance(indices, list) or not all(type(i) is int and i >= 0 for i in indices):
+            return None
+        if any(b <= a for a, b in itertools.pairwise(indices)):
+            return None
+        out.append(tuple(indices))
+    return tuple(out)

@@ -251,3 +251,23 @@ async def test_a_job_download_is_a_zip_of_bundles_the_verifier_accepts(log: Log)
         assert check_bundle(data, log.trust, edge_keys=[EDGE.verifier()]).ok
         entry = decode_entry(parse_bundle(data).extra or b"")
         assert isinstance(entry, Receipt) and entry.job_id == "job-1"
+
+
+async def test_a_logged_digest_of_a_file_that_is_no_statement_has_no_lines(log: Log) -> None:
+    indices = await setup(log, 2)
+    doc = statement_of(indices, await log.size())
+    data = b'{"format":"something-else/v1","lines":[]}'
+    (log.runs / "statement-odd.json").write_bytes(data)
+    digest = statement_digest(data)
+    entry = sign_statement(
+        Statement(
+            digest=digest, creator_id=ALICE.name, currency="USD", range_start=0,
+            range_end=doc.range_end, period_end_ms=doc.period_end_ms, lines=1, paid_minor=0,
+            carry_minor=0, reserve_minor=0, reserve_release_ms=0,
+        ),
+        BILLING,
+    )  # fmt: skip
+    assert (await log.client.post("/v1/statements", content=encode_entry(entry))).is_success
+    assert (await log.client.get(f"/v1/statements/{digest}/document")).content == data
+    answer = await log.client.get(f"/v1/statements/{digest}/lines/1/receipts")
+    assert answer.status_code == 404 and "no document" in answer.text

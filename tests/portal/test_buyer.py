@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import io
 import json
-from base64 import b64encode
 import zipfile
+from base64 import b64encode
 from pathlib import Path
 from urllib.parse import quote
 

@@ -156,7 +156,9 @@ def test_the_page_shows_a_verified_statement_its_lines_receipts_and_provisional_
 
     provisional = page.locator("#provisional")
     expect(provisional.locator("h2")).to_contain_text("PROVISIONAL")
-    expect(provisional.locator("[data-receipts]")).to_have_attribute("data-receipts", str(PROVISIONAL))
+    expect(provisional.locator("[data-receipts]")).to_have_attribute(
+        "data-receipts", str(PROVISIONAL)
+    )
     rows = provisional.locator("tr.provisional")
     expect(rows).to_have_count(PROVISIONAL)
     assert [int(i) for i in rows.evaluate_all("rs => rs.map(r => r.dataset.index)")] == (
@@ -210,7 +212,7 @@ def test_the_dispute_form_writes_a_dispute_entry_the_python_core_verifies(
 
 
 @pytest.mark.parametrize(
-    ("line", "reason", "key", "message"),
+    "case",
     [
         ("2", "", ALICE, "dispute.reason"),
         ("2", "naïve reason", ALICE, "dispute.reason"),
@@ -222,8 +224,9 @@ def test_the_dispute_form_writes_a_dispute_entry_the_python_core_verifies(
     ],
 )
 def test_bad_dispute_input_is_refused_with_the_field_named_and_nothing_stored(
-    page: Page, billed: Billed, line: str, reason: str, key: SigningKey | None, message: str
+    page: Page, billed: Billed, case: tuple[str, str, SigningKey | None, str]
 ) -> None:
+    line, reason, key, message = case
     _loaded(page, billed.creator_page())
     page.get_by_role("button", name="Dispute line 2").click()
     page.get_by_label("Line", exact=True).fill(line)
