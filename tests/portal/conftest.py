@@ -180,11 +180,17 @@ class LyingLog:
 
 
 def _proxy_app(upstream: str, liar: Callable[[], LyingLog]) -> Starlette:
-    client = httpx.AsyncClient(base_url=upstream, timeout=TIMEOUT_S)
     hop_by_hop = {"content-length", "content-encoding", "transfer-encoding", "connection"}
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with httpx.AsyncClient(base_url=upstream, timeout=TIMEOUT_S) as client:
+            app.state.client = client
+            yield
 
     async def forward(request: Request) -> Response:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        client: httpx.AsyncClient = request.app.state.client
         answer = await client.request(
             request.method,
             target,

@@ -1,0 +1,351 @@
+// The Receipts page: find receipts by request id, content id, consumer or job, then verify
+// one in the browser, step by step, as `meterlog verify bundle` does offline: the bundle's
+// checkpoint signature, the leaf hash of the receipt's exact bytes, the inclusion path hash by
+// hash, consistency with the log's latest checkpoint, the edge key as the log itself
+// registered it, and the edge's signature. Each step shows ✓ or ✗ and why; nothing the
+// server says is taken for a result the page can compute.
+
+import { getJSON, getText } from "./api.js";
+import {
+  decodeB64,
+  keyIdHex,
+  leafHash,
+  openCheckpoint,
+  parseBundle,
+  parseEntry,
+  parseVkey,
+  utf8,
+  verifyConsistency,
+  verifyInclusion,
+  verifyReceipt,
+} from "./tlog.js";
+import { loadTrust, trustNote } from "./trust.js";
+import { download, el, formatCount, formatTime, show, shortHex, stepList, verdict } from "./ui.js";
+
+const PAGE_SIZE = 20;
+const FINDERS = { request: "request id", content: "content id", consumer: "consumer", job: "job" };
+
+let trust = null;
+
+function failure(error) {
+  return el("p", { class: "error", role: "alert" }, error instanceof Error ? error.message : String(error));
+}
+
+/** Single-quote a word for a POSIX shell (only when it needs it). */
+export function shellQuote(word) {
+  return /^[A-Za-z0-9_./:=@%+-]+$/.test(word) ? word : `'${word.replaceAll("'", `'"'"'`)}'`;
+}
+
+/** The file name a bundle is saved under: the request id, made safe for file systems. */
+function bundleName(entry, index) {
+  const base = entry && typeof entry.request_id === "string" ? entry.request_id : `entry-${index}`;
+  return `${base.replace(/[^A-Za-z0-9._-]/g, "_")}.tlog-proof`;
+}
+
+/** A quick, unverified look at a bundle's entry, for the results table. */
+function peek(bundleText) {
+  try {
+    const bundle = parseBundle(utf8(bundleText));
+    return bundle.extra ? JSON.parse(new TextDecoder().decode(bundle.extra)) : null;
+  } catch {
+    return null;
+  }
+}
+
+// -- the steps ----------------------------------------------------------------------------------
+
+/** Verify one bundle in full; returns the steps (each {state, title, detail}) and what the
+ * download and the command need. Never throws: a failure is a ✗ step, and the steps that
+ * depend on it are marked not checked. */
+export async function verifyReceiptBundle(bundleText, trustState) {
+  const steps = [];
+  const ok = (title, detail) => steps.push({ state: "ok", title, detail });
+  const failed = (title, error) => steps.push({ state: "failed", title, detail: error instanceof Error ? error.message : String(error) });
+  const skipped = (title, detail) => steps.push({ state: "skipped", title, detail });
+  const result = { steps, entry: null, edgeKey: null, witnesses: [] };
+
+  let bundle;
+  try {
+    bundle = parseBundle(utf8(bundleText));
+    ok("Bundle format", `c2sp.org/tlog-proof@v1: leaf ${formatCount(bundle.index)}, ${bundle.proof.length} proof hash(es)`);
+  } catch (error) {
+    failed("Bundle format", error);
+    return result;
+  }
+
+  let opened = null;
+  try {
+    opened = await openCheckpoint(bundle.checkpoint, [trustState.logKey], { witnesses: trustState.witnesses });
+    const cp = opened.checkpoint;
+    ok(
+      "Checkpoint signature",
+      `${cp.origin}, tree size ${formatCount(cp.treeSize)}, root ${shortHex(cp.rootHash)}: signed by ${trustState.logKey.name}+${keyIdHex(trustState.logKey.keyId)}`,
+    );
+    result.witnesses = opened.witnesses;
+    if (trustState.witnesses.length) {
+      (opened.witnesses.length ? ok : skipped)(
+        "Witness cosignatures",
+        `${opened.witnesses.length} of the ${trustState.witnesses.length} witnesses the log lists cosigned this checkpoint`,
+      );
+    } else {
+      skipped("Witness cosignatures", "the log lists no witnesses");
+    }
+  } catch (error) {
+    failed("Checkpoint signature", error);
+  }
+
+  let leaf = null;
+  if (bundle.extra === null) {
+    failed("Leaf hash", "the bundle carries no entry (no extra line)");
+  } else {
+    leaf = await leafHash(bundle.extra);
+    ok("Leaf hash", `SHA-256(0x00 || the receipt's ${bundle.extra.length} bytes) = ${shortHex(leaf)}`);
+  }
+
+  if (!opened || !leaf) {
+    skipped("Inclusion proof", "needs a verified checkpoint and the entry");
+  } else {
+    const path = [];
+    try {
+      await verifyInclusion(leaf, bundle.index, opened.checkpoint.treeSize, bundle.proof, opened.checkpoint.rootHash, (s) =>
+        path.push(`level ${s.level}: sibling ${shortHex(s.sibling)} on the ${s.side} → ${shortHex(s.hash)}`),
+      );
+      ok(
+        "Inclusion proof",
+        `leaf ${formatCount(bundle.index)} of the tree of size ${formatCount(opened.checkpoint.treeSize)}: ${path.length} hash(es) recomputed up to the signed root. ${path.join("; ")}`,
+      );
+    } catch (error) {
+      failed("Inclusion proof", error);
+    }
+  }
+
+  if (!opened) {
+    skipped("Consistency with the latest checkpoint", "needs a verified checkpoint");
+  } else {
+    try {
+      const latest = await openCheckpoint(utf8(await getText("/checkpoint")), [trustState.logKey]);
+      const oldSize = opened.checkpoint.treeSize;
+      const newSize = latest.checkpoint.treeSize;
+      if (oldSize > newSize) throw new Error(`the bundle's tree (${oldSize}) is larger than the latest (${newSize})`);
+      const { proof } = await getJSON("/v1/proofs/consistency", { old_size: String(oldSize), new_size: String(newSize) });
+      await verifyConsistency(
+        oldSize,
+        newSize,
+        proof.map((h, i) => decodeB64(h, `proof[${i}]`)),
+        opened.checkpoint.rootHash,
+        latest.checkpoint.rootHash,
+      );
+      ok(
+        "Consistency with the latest checkpoint",
+        oldSize === newSize ? "the bundle's checkpoint is the latest tree" : `the tree of size ${formatCount(oldSize)} is a prefix of the latest, ${formatCount(newSize)}`,
+      );
+    } catch (error) {
+      failed("Consistency with the latest checkpoint", error);
+    }
+  }
+
+  let entry = null;
+  if (bundle.extra !== null) {
+    try {
+      entry = parseEntry(bundle.extra);
+      if (entry.kind !== "receipt") throw new Error(`a ${entry.kind} entry, not a receipt`);
+      ok("Entry format", `a canonical receipt entry from edge ${entry.edge}, key ${entry.key_id}`);
+      result.entry = entry;
+    } catch (error) {
+      failed("Entry format", error);
+      entry = null;
+    }
+  } else {
+    skipped("Entry format", "no entry");
+  }
+
+  let edgeKey = null;
+  if (!entry || !opened) {
+    skipped("Edge key in the log", "needs a receipt and a verified checkpoint");
+  } else {
+    try {
+      edgeKey = await registeredEdgeKey(entry, opened.checkpoint);
+      result.edgeKey = edgeKey.verifier;
+      ok(
+        "Edge key in the log",
+        `${edgeKey.verifier.vkey}: registered by entry ${formatCount(edgeKey.record.entry_index)} (its inclusion verified here), valid ${formatTime(edgeKey.record.valid_from_ms)} to ${edgeKey.record.valid_until_ms === null ? "open" : formatTime(edgeKey.record.valid_until_ms)}; served ${formatTime(entry.served_at_ms)}`,
+      );
+    } catch (error) {
+      failed("Edge key in the log", error);
+    }
+  }
+
+  if (!entry) {
+    skipped("Receipt signature", "needs a receipt");
+  } else if (!edgeKey) {
+    skipped("Receipt signature", "needs the edge's key from the log");
+  } else {
+    try {
+      await verifyReceipt(entry, edgeKey.verifier);
+      ok("Receipt signature", `Ed25519 by ${edgeKey.verifier.name}+${keyIdHex(edgeKey.verifier.keyId)} over the receipt's signed fields`);
+    } catch (error) {
+      failed("Receipt signature", error);
+    }
+  }
+  return result;
+}
+
+/** The edge key the log registered for this receipt: the registry row (server's word), then
+ * its registering entry's bytes, included in the same checkpoint (verified here), naming
+ * this very key, and a validity window that holds the receipt's time. */
+async function registeredEdgeKey(entry, checkpoint) {
+  const { edge_keys: keys } = await getJSON("/v1/edge-keys");
+  const record = keys.find((k) => k.edge === entry.edge && k.key_id === entry.key_id);
+  if (!record) throw new Error(`the log's registry has no key ${entry.edge}+${entry.key_id}`);
+  const verifier = await parseVkey(record.key);
+  if (verifier.name !== entry.edge || keyIdHex(verifier.keyId) !== entry.key_id) {
+    throw new Error(`the registry's key ${record.key} is not ${entry.edge}+${entry.key_id}`);
+  }
+  const index = BigInt(record.entry_index);
+  if (index >= checkpoint.treeSize) throw new Error(`its registration (entry ${index}) is not in the bundle's tree`);
+  const { entries } = await getJSON("/v1/entries", { start: String(index), end: String(index + 1n) });
+  if (entries.length !== 1) throw new Error(`entry ${index} is missing`);
+  const bytes = utf8(entries[0].entry);
+  const registration = parseEntry(bytes);
+  if (registration.kind !== "edge_key" || registration.edge !== entry.edge || registration.key !== record.key) {
+    throw new Error(`entry ${index} does not register ${record.key}`);
+  }
+  const { proof } = await getJSON("/v1/proofs/inclusion", { index: String(index), tree_size: String(checkpoint.treeSize) });
+  await verifyInclusion(
+    await leafHash(bytes),
+    index,
+    checkpoint.treeSize,
+    proof.map((h, i) => decodeB64(h, `proof[${i}]`)),
+    checkpoint.rootHash,
+  );
+  // The window the registry reports; the entry itself holds the start (and an end, if any).
+  const from = registration.valid_from_ms;
+  const until = record.valid_until_ms;
+  if (entry.served_at_ms < from || (until !== null && entry.served_at_ms >= until)) {
+    throw new Error(`served at ${formatTime(entry.served_at_ms)}, outside the key's validity window`);
+  }
+  return { verifier, record };
+}
+
+// -- the page ----------------------------------------------------------------------------------
+
+function command(name, trustState, result) {
+  const words = ["meterlog", "verify", "bundle", "--key", trustState.logKey.vkey];
+  for (const w of result.witnesses) words.push("--witness", w.vkey);
+  if (result.edgeKey) words.push("--edge-key", result.edgeKey.vkey);
+  words.push(name);
+  return words.map(shellQuote).join(" ");
+}
+
+async function verifyAndShow(bundleText, index) {
+  const container = document.getElementById("verification");
+  show(container, el("p", { class: "status" }, `Verifying the receipt at index ${formatCount(index)}…`));
+  const result = await verifyReceiptBundle(bundleText, trust);
+  const name = bundleName(result.entry, index);
+  const save = el("button", { type: "button", id: "download" }, `Download ${name}`);
+  save.addEventListener("click", () => download(name, bundleText, "text/plain"));
+  const entryView = result.entry
+    ? el("details", {}, el("summary", {}, "The receipt as logged"), el("pre", { id: "entry" }, JSON.stringify(result.entry, null, 2)))
+    : null;
+  show(
+    container,
+    verdict(result.steps, "This receipt verified in your browser.", "This receipt did NOT verify: see the step marked ✗."),
+    stepList(result.steps, "Verification steps"),
+    entryView,
+    el("h3", {}, "Check it yourself, offline"),
+    el("p", {}, "Save the bundle, then run (the keys are the ones this page used):"),
+    el("div", { class: "row" }, save),
+    el("pre", { id: "command" }, command(name, trust, result)),
+  );
+}
+
+function resultsTable(receipts) {
+  return el(
+    "table",
+    { id: "results-table" },
+    el("caption", {}, `${receipts.length} receipt(s), oldest first`),
+    el(
+      "thead",
+      {},
+      el("tr", {}, ["Index", "Request id", "Edge", "Consumer", "Job", "Bytes", "Served (UTC)", ""].map((h) => el("th", { scope: "col" }, h))),
+    ),
+    el(
+      "tbody",
+      {},
+      receipts.map((r) => {
+        const e = peek(r.bundle) || {};
+        const button = el("button", { type: "button", class: "secondary", "data-index": r.index }, "Verify");
+        button.addEventListener("click", () => verifyAndShow(r.bundle, r.index));
+        return el(
+          "tr",
+          {},
+          el("td", { class: "num" }, formatCount(r.index)),
+          el("td", {}, el("code", {}, e.request_id ?? "?")),
+          el("td", {}, e.edge ?? "?"),
+          el("td", {}, e.consumer_id ?? "?"),
+          el("td", {}, e.job_id ?? "–"),
+          el("td", { class: "num" }, e.bytes_sent === undefined ? "?" : formatCount(e.bytes_sent)),
+          el("td", {}, e.served_at_ms === undefined ? "?" : formatTime(e.served_at_ms)),
+          el("td", {}, button),
+        );
+      }),
+    ),
+  );
+}
+
+async function lookUp(by, value, after = null) {
+  const container = document.getElementById("results");
+  show(container, el("p", { class: "status" }, `Looking up ${FINDERS[by]} ${value}…`));
+  const answer = await getJSON("/v1/receipts", { [by]: value, limit: PAGE_SIZE, after });
+  const parts = [];
+  if (!answer.receipts.length) {
+    parts.push(el("p", { id: "no-results" }, `No logged receipt has ${FINDERS[by]} ${value}${after === null ? "" : " after this point"}.`));
+  } else {
+    parts.push(resultsTable(answer.receipts));
+  }
+  if (answer.next_after !== null) {
+    const more = el("button", { type: "button", id: "more", class: "secondary" }, "Next page");
+    more.addEventListener("click", () => lookUp(by, value, answer.next_after).catch((e) => show(container, failure(e))));
+    parts.push(more);
+  }
+  show(container, parts);
+  if (answer.receipts.length === 1 && after === null) await verifyAndShow(answer.receipts[0].bundle, answer.receipts[0].index);
+}
+
+async function main() {
+  const trustContainer = document.getElementById("trust");
+  try {
+    trust = await loadTrust();
+  } catch (error) {
+    show(trustContainer, failure(error));
+    return;
+  }
+  trustContainer.replaceWith(trustNote(trust));
+  const form = document.getElementById("lookup");
+  const params = new URLSearchParams(location.search);
+  const by = params.get("by");
+  if (by && by in FINDERS) document.getElementById("by").value = by;
+  if (params.get("q")) document.getElementById("q").value = params.get("q");
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const chosen = document.getElementById("by").value;
+    const value = document.getElementById("q").value.trim();
+    if (!value) return;
+    history.replaceState(null, "", `?by=${encodeURIComponent(chosen)}&q=${encodeURIComponent(value)}`);
+    document.body.dataset.ready = "busy";
+    lookUp(chosen, value)
+      .catch((e) => show(document.getElementById("results"), failure(e)))
+      .finally(() => {
+        document.body.dataset.ready = "yes";
+      });
+  });
+  if (params.get("q")) {
+    await lookUp(document.getElementById("by").value, params.get("q")).catch((e) => show(document.getElementById("results"), failure(e)));
+  }
+  document.body.dataset.ready = "yes";
+}
+
+main().catch((error) => {
+  document.body.dataset.ready = "error";
+  document.getElementById("main").prepend(failure(error));
+});
