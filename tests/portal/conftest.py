@@ -206,11 +206,6 @@ def _proxy_app(upstream: str, liar: Callable[[], LyingLog]) -> Starlette:
         headers = {k: v for k, v in answer.headers.items() if k.lower() not in hop_by_hop}
         return Response(body, status_code=answer.status_code, headers=headers)
 
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
-        await client.aclose()  # else its pooled sockets warn (ResourceWarning: an error here)
-
     methods = ["GET", "POST", "HEAD"]
     return Starlette(routes=[Route("/{path:path}", forward, methods=methods)], lifespan=lifespan)
 

@@ -16,28 +16,24 @@ import {
   verifyReceipt,
 } from "./tlog.js";
 import { getJSON, getText } from "./api.js";
+import { loadTrust, trustNote } from "./trust.js";
+import { el } from "./ui.js";
 
-/** The log's verifier key as the user gave it (or null), parsed; throws MalformedError. */
-export async function logVerifier(text) {
-  const vkey = (text || "").trim();
-  return vkey ? parseVkey(vkey) : null;
-}
-
-/** Remember the log key between pages (it is public; nothing secret is ever stored). */
-export function rememberLogKey(vkey) {
-  try {
-    localStorage.setItem("meterlog.logKey", vkey);
-  } catch {
-    // storage disabled: the user types it again
+/**
+ * The log key to verify with: the one typed on the page if any, else trust.js's (pinned in
+ * this browser, or as the log states it, which the note says is unpinned). Returns
+ * {logKey, note}; throws MalformedError for a typed key that does not parse.
+ */
+export async function resolveLogKey(typed) {
+  const vkey = (typed || "").trim();
+  if (vkey) {
+    const logKey = await parseVkey(vkey);
+    const note = el("p", { class: "trust", id: "trust-note", "data-pinned": "given" },
+      el("strong", {}, "Log key: "), el("code", { class: "break" }, logKey.vkey), " (given on this page).");
+    return { logKey, note };
   }
-}
-
-export function rememberedLogKey() {
-  try {
-    return localStorage.getItem("meterlog.logKey") || "";
-  } catch {
-    return "";
-  }
+  const trust = await loadTrust();
+  return { logKey: trust.logKey, note: trustNote(trust) };
 }
 
 /**

@@ -8,10 +8,9 @@ import {
   checkBundle,
   edgeRegistry,
   latestCheckpoint,
-  logVerifier,
-  rememberLogKey,
-  rememberedLogKey,
+  resolveLogKey,
 } from "./bundle.js";
+import { pinnedKey } from "./trust.js";
 import { el, formatCount, formatTime, show, stepList } from "./ui.js";
 
 const PAGE = 100;
@@ -79,12 +78,13 @@ async function showJob(event) {
     return;
   }
   try {
-    state.logKey = await logVerifier($("log-key").value);
+    const { logKey, note } = await resolveLogKey($("log-key").value);
+    state.logKey = logKey;
+    show($("trust"), note);
   } catch (err) {
     setStatus(`Log key: ${err.message}`, true);
     return;
   }
-  if (state.logKey) rememberLogKey(state.logKey.vkey);
   const url = new URL(location.href);
   url.searchParams.set("job", state.job);
   history.replaceState(null, "", url);
@@ -110,7 +110,7 @@ async function showJob(event) {
 function main() {
   const params = new URLSearchParams(location.search);
   $("job").value = params.get("job") || "";
-  $("log-key").value = params.get("key") || rememberedLogKey();
+  $("log-key").value = params.get("key") || pinnedKey() || "";
   $("pick").addEventListener("submit", showJob);
   $("more").addEventListener("click", async () => {
     try {

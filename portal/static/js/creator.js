@@ -9,10 +9,9 @@ import {
   checkBundle,
   edgeRegistry,
   latestCheckpoint,
-  logVerifier,
-  rememberLogKey,
-  rememberedLogKey,
+  resolveLogKey,
 } from "./bundle.js";
+import { pinnedKey } from "./trust.js";
 import {
   MalformedError,
   canonicalJSON,
@@ -393,12 +392,13 @@ async function show_(event) {
   state.creator = $("creator").value;
   state.edges = null;
   try {
-    state.logKey = await logVerifier($("log-key").value);
+    const { logKey, note } = await resolveLogKey($("log-key").value);
+    state.logKey = logKey;
+    show($("trust"), note);
   } catch (err) {
     setStatus(`Log key: ${err.message}`, true);
     return;
   }
-  if (state.logKey) rememberLogKey(state.logKey.vkey);
   const url = new URL(location.href);
   url.searchParams.set("creator", state.creator);
   history.replaceState(null, "", url);
@@ -416,7 +416,7 @@ async function show_(event) {
 
 async function main() {
   const params = new URLSearchParams(location.search);
-  $("log-key").value = params.get("key") || rememberedLogKey();
+  $("log-key").value = params.get("key") || pinnedKey() || "";
   $("pick").addEventListener("submit", show_);
   $("line-more").addEventListener("click", () => showLine(state.line, false));
   $("dispute-form").addEventListener("submit", sendDispute);
