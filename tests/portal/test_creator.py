@@ -183,6 +183,26 @@ def test_the_page_shows_a_verified_statement_its_lines_receipts_and_provisional_
     screenshot(page, "creator")
 
 
+def test_the_receipts_behind_a_line_page_on(page: Page, billed: Billed) -> None:
+    document = parse_statement(billed.statement.read_bytes())
+    indices = list(document.lines[0].leaf_indices)
+    assert len(indices) > 2
+    _loaded(page, billed.creator_page() + "&limit=2")
+    page.get_by_role("button", name="Receipts of line 1").click()
+    rows = page.locator("#line-receipts-table tbody tr")
+    shown: list[int] = []
+    while True:
+        expect(page.locator("#line-receipts-table td[data-state=ok]")).to_have_count(rows.count())
+        page_indices = [int(i) for i in rows.evaluate_all("rs => rs.map(r => r.dataset.index)")]
+        assert page_indices and len(page_indices) <= 2
+        shown += page_indices
+        if not page.locator("#line-more").is_visible():
+            break
+        page.get_by_role("button", name="Next page").click()
+        expect(rows.first).not_to_have_attribute("data-index", str(page_indices[0]))
+    assert shown == indices
+
+
 def test_the_dispute_form_writes_a_dispute_entry_the_python_core_verifies(
     page: Page, billed: Billed
 ) -> None:

@@ -59,7 +59,7 @@ async function loadPage(first) {
     $("receipts-table").querySelector("tbody").append(...rows);
   }
   state.after = page.next_after;
-  $("more").hidden = page.next_after === null;
+  $("more-row").hidden = page.next_after === null;
   const verdict = state.failed
     ? el("p", { class: "verdict failed", "data-verdict": "failed" }, `✗ ${state.failed} of ${state.shown} receipt(s) FAILED verification.`)
     : state.logKey
@@ -102,6 +102,7 @@ async function showJob(event) {
     $("job-result").hidden = false;
     setStatus(`Job ${state.job}: ${formatCount(state.shown)} receipt(s) shown.`);
     document.body.dataset.loaded = "buyer";
+    document.body.dataset.ready = "yes";
   } catch (err) {
     setStatus(err.message, true);
   }

@@ -30,7 +30,8 @@ import {
 } from "./tlog.js";
 import { download, el, formatCount, formatTime, show, stepList, verdict } from "./ui.js";
 
-const PAGE = 20;
+const PAGE_PARAM = Number(new URLSearchParams(location.search).get("limit"));
+const PAGE = Number.isSafeInteger(PAGE_PARAM) && PAGE_PARAM >= 1 && PAGE_PARAM <= 1000 ? PAGE_PARAM : 20;
 const $ = (id) => document.getElementById(id);
 
 const state = {
@@ -328,7 +329,7 @@ async function showLine(line, fresh) {
       (failed ? `; ${failed} FAILED verification.` : "; each checked below."));
   show($("line-receipts-table"), receiptRows(checked, false));
   state.lineAfter = page.next_after;
-  $("line-more").hidden = page.next_after === null;
+  $("line-more-row").hidden = page.next_after === null;
   $("line-receipts").hidden = false;
   $("line-receipts-h").textContent = `Receipts behind line ${line}`;
   if (fresh) $("line-receipts-h").focus();
@@ -409,6 +410,7 @@ async function show_(event) {
     await loadStatements();
     setStatus(`Showing ${state.creator}.`);
     window.document.body.dataset.loaded = "creator";
+    window.document.body.dataset.ready = "yes";
   } catch (err) {
     setStatus(err.message, true);
   }
