@@ -367,60 +367,97 @@ def get(client: httpx.Client, path: str, **params: object) -> httpx.Response:
 
 
 def log_page(client: httpx.Client, s: Subject) -> None:
+    """portal/static/js/log.js: the trust note, the checkpoint, growth, anchors, registry."""
+    get(client, "/v1/log")
     get(client, "/checkpoint")
-    get(client, "/healthz")
-    history = get(client, "/v1/checkpoints", limit=100).json()["checkpoints"]
-    if len(history) == 100:
-        get(client, "/v1/checkpoints", after=history[-1]["id"], limit=100)
+    get(client, "/v1/growth", points=120)
+    get(client, "/v1/anchors", limit=20, status="final")
     get(client, "/v1/edge-keys")
-    get(client, "/v1/anchors", limit=10)
+
+
+def _bundle_size(bundle: str) -> int:
+    """The tree size of a bundle's checkpoint (the line after the blank one)."""
+    return int(bundle.split("\n\n", 1)[1].split("\n")[1])
 
 
 def receipt_page(client: httpx.Client, s: Subject) -> None:
-    get(client, "/checkpoint")
-    get(client, f"/v1/receipts/{s.edge}/{s.request_id}")
-    get(client, "/v1/receipts", content=s.content, limit=20)
-    get(client, "/v1/receipts", consumer=s.consumer, limit=20)
-    get(client, "/v1/receipts", job=s.job, limit=20)
-    get(client, "/v1/edge-keys")
+    """receipt.js, a lookup by request id that verifies the one receipt found: its bundle's
+    checkpoint against the latest, the edge key's entry and its inclusion."""
+    get(client, "/v1/log")
+    found = get(client, "/v1/receipts", request=s.request_id, limit=20).json()["receipts"]
+    latest = get(client, "/checkpoint").text
+    size = int(latest.split("\n")[1])
+    get(client, "/v1/proofs/consistency", old_size=_bundle_size(found[0]["bundle"]), new_size=size)
+    keys = get(client, "/v1/edge-keys").json()["edge_keys"]
+    index = next(k["entry_index"] for k in keys if k["edge"] == s.edge)
+    get(client, "/v1/entries", start=index, end=index + 1)
+    get(client, "/v1/proofs/inclusion", index=index, tree_size=size)
+
+
+def _lookup(by: str) -> Page:
+    def page(client: httpx.Client, s: Subject) -> None:
+        """receipt.js, a lookup listing 20 receipts by content, consumer or job."""
+        get(client, "/v1/log")
+        get(client, "/v1/receipts", **{by: getattr(s, by)}, limit=20)
+
+    return page
 
 
 def auditor_page(client: httpx.Client, s: Subject) -> None:
-    get(client, "/checkpoint")
-    get(client, f"/v1/checkpoints/{s.old_size}")
-    get(client, "/v1/proofs/consistency", old_size=s.old_size)
-    get(client, "/v1/checkpoints", limit=100)
+    """auditor.js: the latest 100 checkpoints, the latest, one consistency proof."""
+    get(client, "/v1/log")
+    get(client, "/v1/checkpoints", order="desc", limit=100)
+    latest = get(client, "/checkpoint").text
+    get(client, "/v1/proofs/consistency", old_size=s.old_size, new_size=latest.split("\n")[1])
 
 
 def creator_page(client: httpx.Client, s: Subject) -> None:
-    get(client, "/checkpoint")
+    """creator.js, opening a creator: provisional usage and its first page, the newest
+    statement's document, entry, inclusion and open disputes."""
     get(client, "/v1/creators")
-    statements = get(client, "/v1/statements", creator=s.creator, latest=1, limit=20).json()
-    get(client, f"/v1/creators/{s.creator}/provisional")
-    get(client, "/v1/disputes", creator=s.creator)
+    get(client, "/v1/log")
+    size = get(client, "/checkpoint").text.split("\n")[1]
     provisional = get(client, f"/v1/creators/{s.creator}/provisional").json()
+    get(client, "/v1/edge-keys")
     get(client, "/v1/receipts", creator=s.creator, after=provisional["from_index"] - 1, limit=20)
+    statements = get(client, "/v1/statements", creator=s.creator, latest=1, limit=20).json()
     for statement in statements["statements"][:1]:
-        digest = statement["digest"]
+        digest, index = statement["digest"], statement["entry_index"]
         get(client, f"/v1/statements/{digest}/document")
-        get(client, f"/v1/statements/{digest}/lines/1/receipts", limit=20)
+        get(client, "/v1/entries", start=index, end=index + 1)
+        get(client, "/v1/proofs/inclusion", index=index, tree_size=size)
+        get(client, "/v1/disputes", creator=s.creator, statement=digest, open=1)
+
+
+def creator_line(client: httpx.Client, s: Subject) -> None:
+    """creator.js, "Receipts of line 1": the first 20 receipts behind the line."""
+    statements = get(client, "/v1/statements", creator=s.creator, latest=1, limit=1).json()
+    for statement in statements["statements"]:
+        get(client, f"/v1/statements/{statement['digest']}/lines/1/receipts", limit=20)
 
 
 def buyer_page(client: httpx.Client, s: Subject) -> None:
+    """buyer.js: the checkpoint, the registry, the job's first 100 receipts."""
+    get(client, "/v1/log")
     get(client, "/checkpoint")
     get(client, "/v1/edge-keys")
     get(client, "/v1/receipts", job=s.job, limit=100)
 
 
 def buyer_download(client: httpx.Client, s: Subject) -> None:
+    """The Buyer page's download: every bundle of the job, one zip (not a page load)."""
     get(client, "/v1/receipts.zip", job=s.job)
 
 
 PAGES: dict[str, Page] = {
     "log": log_page,
     "receipt": receipt_page,
+    "receipt_by_content": _lookup("content"),
+    "receipt_by_consumer": _lookup("consumer"),
+    "receipt_by_job": _lookup("job"),
     "auditor": auditor_page,
     "creator": creator_page,
+    "creator_line": creator_line,
     "buyer": buyer_page,
     "buyer_zip": buyer_download,
 }
