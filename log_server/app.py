@@ -55,7 +55,7 @@ from log_server.sequencer import (
 )
 from log_server.signatures import SignatureChecker, SignedItem
 from log_server.storage import EdgeKeyRecord, EntryRecord, Storage, StoredCheckpoint
-from log_server.witnesses import Witnessing
+from log_server.witnesses import Witnessing, witness_id
 from portal import portal_mount
 from tlog.bundle import ProofBundle, format_bundle
 from tlog.entry import (
@@ -1005,24 +1005,36 @@ async def get_log(request: Request) -> Response:
 
     A convenience for the portal and for people, not a root of trust: a verifier that takes
     the key from the server it checks has checked only that the server is self-consistent.
-    Pin the key (log.vkey) to check more; the portal says which one it used.
+    Pin the key (log.vkey) to check more; the portal says which one it used. Each witness
+    comes with the largest size it has cosigned (stored), and ``witness_refusals`` counts the
+    witnesses' refusals since this process started: a witness refuses a checkpoint that is
+    not consistent with one it cosigned, so any refusal means a fork or a log that lost data.
     """
     state = _state(request)
     witnessing = state.witnessing
-    witnesses: list[dict[str, str]] = []
+    witnesses: list[dict[str, object]] = []
     quorum = None
+    refusals = 0
     if witnessing is not None:
-        witnesses = [
-            {"name": w.name, "key": format_vkey(w.key), "url": w.url or ""}
-            for w in witnessing.policy.witnesses
-        ]
+        for w in witnessing.policy.witnesses:
+            cosigned = await asyncio.to_thread(state.storage.cosigned_size, witness_id(w))
+            witnesses.append(
+                {
+                    "name": w.name,
+                    "key": format_vkey(w.key),
+                    "url": w.url or "",
+                    "cosigned_size": cosigned,
+                }
+            )
         quorum = witnessing.policy.describe_quorum()
+        refusals = witnessing.outcomes.get("refused", 0)
     return _JSON(
         {
             "origin": state.config.origin,
             "log_key": format_vkey(state.keys.log_key.verifier()),
             "witnesses": witnesses,
             "quorum": quorum,
+            "witness_refusals": refusals,
         }
     )
 
@@ -1071,27 +1083,42 @@ async def healthz(request: Request) -> Response:
 
 
 async def get_anchors(request: Request) -> Response:
-    """The anchors the log sent, oldest first (paged by ``after``, an id; ``status`` picks
-    one status), and where it anchors; ``anchoring`` is null when it does not."""
+    """The anchors the log sent, oldest first (paged by ``after``, an id) or with
+    ``order=desc`` newest first (paged by ``before``); ``status`` picks one status; and where
+    it anchors: ``anchoring`` is null when it does not."""
     from log_server.anchoring import ANCHOR_STATUSES, anchor_json  # noqa: PLC0415
 
     state = _state(request)
-    after = _query_int(request, "after", 0)
     limit = _query_int(request, "limit", 100)
     if not 1 <= limit <= state.config.page_limit:
         raise MalformedError("limit", f"must be in 1..{state.config.page_limit}")
     status = request.query_params.get("status")
     if status is not None and status not in ANCHOR_STATUSES:
         raise MalformedError("status", f"not one of {', '.join(ANCHOR_STATUSES)}")
-    anchors = await asyncio.to_thread(
-        state.storage.anchors.list, after, limit, () if status is None else (status,)
-    )
+    statuses = () if status is None else (status,)
+    order = request.query_params.get("order", "asc")
+    if order == "asc":
+        if "before" in request.query_params:
+            raise MalformedError("before", "pages newest first only: give order=desc")
+        after = _query_int(request, "after", 0)
+        anchors = await asyncio.to_thread(state.storage.anchors.list, after, limit, statuses)
+        cursor = "next_after"
+    elif order == "desc":
+        if "after" in request.query_params:
+            raise MalformedError("after", "pages oldest first only: leave out order=desc")
+        before = _query_int(request, "before") if "before" in request.query_params else None
+        anchors = await asyncio.to_thread(
+            state.storage.anchors.list_newest_first, before, limit, statuses
+        )
+        cursor = "next_before"
+    else:
+        raise MalformedError("order", "not one of asc, desc")
     anchoring = None if state.anchoring is None else state.anchoring.describe()
     return _JSON(
         {
             "anchoring": anchoring,
             "anchors": [anchor_json(a) for a in anchors],
-            "next_after": anchors[-1].id if len(anchors) == limit else None,
+            cursor: anchors[-1].id if len(anchors) == limit else None,
         }
     )
 

@@ -246,10 +246,18 @@ OPENAPI: dict[str, Any] = {
         ),
         "/v1/edge-keys": _get("The edge-key registry as the log stands", [], _JSON),
         "/v1/anchors": _get(
-            "Anchors of checkpoints on an Ethereum chain, oldest first, and where the log "
-            "anchors (anchoring is null when it does not)",
+            "Anchors of checkpoints on an Ethereum chain, oldest first (or newest first with "
+            "order=desc), and where the log anchors (anchoring is null when it does not)",
             [
-                _int("after", "the last id already seen"),
+                _int("after", "the last id already seen (oldest first)"),
+                _int("before", "the last id already seen (order=desc)"),
+                {
+                    "name": "order",
+                    "in": "query",
+                    "required": False,
+                    "description": "asc (default) or desc",
+                    "schema": {"type": "string", "enum": ["asc", "desc"]},
+                },
                 _int("limit", "page size"),
                 {
                     "name": "status",

@@ -191,10 +191,20 @@ def test_a_served_log_is_anchored_and_its_anchors_verify_and_a_fork_is_caught(
         # The API around it: paging, a status filter, and errors that name the field.
         page = get(f"{server.url}/v1/anchors?limit=1")
         assert len(page["anchors"]) == 1 and page["next_after"] == page["anchors"][0]["id"]
+        ids = [a["id"] for a in get(f"{server.url}/v1/anchors?limit=1000")["anchors"]]
+        newest = get(f"{server.url}/v1/anchors?order=desc&limit=1")
+        assert [a["id"] for a in newest["anchors"]] == ids[-1:]
+        assert newest["next_before"] == ids[-1]
+        older = get(f"{server.url}/v1/anchors?order=desc&before={ids[-1]}&limit=1000")
+        assert [a["id"] for a in older["anchors"]] == ids[-2::-1]
+        assert older["next_before"] is None
         for query, field in (
             ("status=lost", "status"),
             ("limit=0", "limit"),
             ("after=-1", "after"),
+            ("order=up", "order"),
+            ("before=3", "before"),
+            ("order=desc&after=1", "after"),
         ):
             response = httpx.get(f"{server.url}/v1/anchors?{query}", timeout=10.0)
             assert response.status_code == 400 and response.json()["error"]["field"] == field

@@ -259,6 +259,7 @@ async def test_the_log_states_its_key_and_witnesses(log: Log) -> None:
         "log_key": format_vkey(log.key),
         "witnesses": [],
         "quorum": None,
+        "witness_refusals": 0,
     }
 
 

@@ -5,6 +5,7 @@ session by tests/log_server/server_process.py), with an edge key registered and 
 receipts logged over several checkpoints, so every page has real data to show. ``browser``
 is Debian's Chromium (``/usr/bin/chromium``, which ``make test`` installs with apt) driven by
 playwright's Python package, headless; playwright never downloads a browser of its own.
+``witnessed_log`` is another, cosigned by a real ``meterlog witness serve``.
 ``page`` is a fresh browser context per test that fails the test on any uncaught JavaScript
 error. ``lying_log`` is the one fake: a proxy in front of the live log that rewrites chosen
 answers (a tampered proof, checkpoint or entry), for the tests that must see verification
@@ -24,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -38,15 +39,18 @@ from tests.log_server.server_process import (
     start_server,
     submit,
 )
+from tests.verifier.logs import LOG_KEY, WITNESS_KEY, build_log, free_port, running_witness
 from tlog.entry import Receipt
-from tlog.note import SigningKey
+from tlog.note import ALG_COSIGNATURE_V1, SigningKey, format_vkey
 
 CHROMIUM = Path("/usr/bin/chromium")
 """Debian's Chromium: the only browser the tests use (``apt-get install chromium``)."""
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-output" / "portal"
 """Where the tests keep a screenshot of each page (docs/portal.md shows them)."""
 TIMEOUT_S = 30.0
-EDGE = SigningKey("edge-portal", bytes(range(7, 39)))
+LIVE_ORIGIN = "test.example/portal"
+expect.set_options(timeout=TIMEOUT_S * 1000)  # a shared 2-core machine can be slow: wait, bounded
+EDGE = SigningKey("edge-portal", bytes(range(90, 122)))
 """The edge whose receipts the live log holds."""
 
 BATCHES: tuple[tuple[str, str, int], ...] = (
@@ -81,7 +85,7 @@ class LiveLog:
 @pytest.fixture(scope="session")
 def live_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveLog]:
     data_dir = tmp_path_factory.mktemp("portal-log") / "data"
-    server = start_server(data_dir, origin="test.example/portal", checkpoint_interval_s=3600)
+    server = start_server(data_dir, origin=LIVE_ORIGIN, checkpoint_interval_s=3600)
     try:
         log = LiveLog(server)
         register_edge(server, EDGE)
@@ -109,11 +113,44 @@ def live_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveLog]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def witnessed_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A live log with a real ``meterlog witness serve`` in its witness policy (quorum: that
+    witness), three receipts (``req-0`` .. ``req-2``), and a cosigned checkpoint."""
+    root = tmp_path_factory.mktemp("portal-witnessed")
+    port = free_port()
+    witness_vkey = format_vkey(WITNESS_KEY.verifier(ALG_COSIGNATURE_V1))
+    policy = root / "witnesses.policy"
+    policy.write_text(f"witness w1 {witness_vkey} http://127.0.0.1:{port}\nquorum w1\n")
+    build_log(root / "log").close()  # LOG_KEY's log: the witness is told its key
+    with running_witness(root / "witness", port):
+        server = start_server(
+            root / "log",
+            origin=LOG_KEY.name,
+            extra_args=["--witness-policy", str(policy), "--witness-interval", "0.2"],
+        )
+        try:
+            register_edge(server, EDGE)
+            with httpx.Client(timeout=TIMEOUT_S) as client:
+                batch = [make_receipt(n, served_at_ms=now_ms(), edge_key=EDGE) for n in range(3)]
+                assert submit(client, server.url, batch).status_code == 200
+            deadline = time.monotonic() + 30
+            while WITNESS_KEY.name not in httpx.get(f"{server.url}/checkpoint", timeout=5).text:
+                assert time.monotonic() < deadline, "the witness did not cosign in 30 s"
+                time.sleep(0.05)
+            yield server.url
+        finally:
+            server.stop()
+
+
 # -- the browser -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Chromium for one test module. Not for the session: playwright's sync API runs an
+    event loop in this thread while it is open, and the async tests that run after the
+    portal's (anyio) need the thread's loop free."""
     if not CHROMIUM.exists():
         pytest.fail(
             f"{CHROMIUM} is missing: `make test` installs it (apt-get install -y chromium)",

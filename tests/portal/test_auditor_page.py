@@ -12,6 +12,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.portal.conftest import BATCHES, LiveLog, lying, screenshot
+from tests.verifier.logs import WITNESS_KEY
 from tlog.checkpoint import Checkpoint, sign_checkpoint
 from tlog.note import parse_skey
 
@@ -131,3 +132,12 @@ def test_a_pasted_checkpoint_is_compared_with_the_log(page: Page, live_log: Live
     expect(
         page.locator('#foreign-result li[data-step="Their checkpoint\'s signature"]')
     ).to_have_attribute("data-state", "failed")
+
+
+def test_the_witnesses_view_of_the_log_is_shown(page: Page, witnessed_log: str) -> None:
+    page.goto(f"{witnessed_log}/portal/auditor.html")
+    expect(page.locator("body[data-ready=yes]")).to_have_count(1)
+    view = page.locator("#witness-view")
+    expect(view).to_contain_text(WITNESS_KEY.name)
+    expect(view).to_contain_text("has cosigned up to size")
+    expect(view).to_contain_text("No witness has refused a checkpoint")

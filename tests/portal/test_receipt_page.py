@@ -96,6 +96,26 @@ def test_a_good_receipt_verifies_in_the_browser_and_with_the_printed_command(
     assert "ok           receipt signature: signed by edge-portal+" in done.stdout + done.stderr
 
 
+def test_a_receipt_of_a_witnessed_log_verifies_against_the_served_checkpoint(
+    page: Page, witnessed_log: str, tmp_path: Path
+) -> None:
+    """With a witness quorum, /checkpoint serves the latest cosigned tree, which may be older
+    than the bundle's: consistency is then checked from it to the bundle's tree."""
+    page.goto(f"{witnessed_log}/portal/receipt.html?by=request&q=req-1")
+    expect(page.locator("#verification .verdict")).to_have_attribute("data-verdict", "ok")
+    states = step_states(page)
+    assert states["Consistency with the latest checkpoint"] == "ok"
+    assert states["Receipt signature"] == "ok"
+    with page.expect_download() as saving:
+        page.click("#download")
+    saving.value.save_as(tmp_path / saving.value.suggested_filename)
+    argv = shlex.split(page.locator("#command").inner_text())
+    done = subprocess.run(
+        [str(METERLOG), *argv[1:]], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 @pytest.mark.parametrize(
     ("by", "value", "count"),
     [

@@ -62,8 +62,12 @@ async function signedTree(c) {
   }
 }
 
-async function loadPage() {
-  const { checkpoints } = await getJSON("/v1/checkpoints", { order: "desc", limit: PAGE_SIZE, before: oldestId });
+function fetchPage() {
+  return getJSON("/v1/checkpoints", { order: "desc", limit: PAGE_SIZE, before: oldestId });
+}
+
+async function loadPage(pending = null) {
+  const { checkpoints } = await (pending ?? fetchPage());
   const trees = await Promise.all(checkpoints.map(signedTree));
   checkpoints.forEach((c, i) => {
     c.signed = trees[i];
@@ -150,7 +154,6 @@ function showForks() {
   }
   const forks = [...bySize.entries()].filter(([, roots]) => roots.size > 1);
   const sizes = [...bySize.keys()].map(Number);
-  const witnesses = trust.about.witnesses;
   show(
     container,
     unsigned.length
@@ -171,13 +174,7 @@ function showForks() {
           { class: "verdict ok", id: "fork-verdict", "data-verdict": "ok" },
           `✓ No two roots for one size among the ${loaded.size - unsigned.length} signed checkpoints loaded (sizes ${formatCount(Math.min(...sizes))} to ${formatCount(Math.max(...sizes))}).`,
         ),
-    el(
-      "p",
-      {},
-      witnesses.length
-        ? `The log submits its checkpoints to ${witnesses.length} witness(es) (${witnesses.map((w) => w.name).join(", ")}; quorum: ${trust.about.quorum}). A witness cosigns only a checkpoint consistent with everything it cosigned before, so their cosignatures (shown on the Log page) stand against a split view.`
-        : "The log lists no witnesses: nothing outside this server has cosigned its checkpoints.",
-    ),
+    witnessView(),
     el(
       "p",
       {},
@@ -187,6 +184,34 @@ function showForks() {
       el("code", {}, "meterlog verify anchor"),
       " checks the anchors on the chain. Below, compare a checkpoint from anyone with this log.",
     ),
+  );
+}
+
+/** What the log says its witnesses have done: the size each cosigned up to, and whether any
+ * refused a checkpoint (the server's word: its cosignatures are verified on the Log page). */
+function witnessView() {
+  const { witnesses, quorum, witness_refusals: refusals } = trust.about;
+  if (!witnesses.length) {
+    return el("p", { id: "witness-view" }, "The log lists no witnesses: nothing outside this server has cosigned its checkpoints.");
+  }
+  return el(
+    "div",
+    { id: "witness-view" },
+    el(
+      "p",
+      {},
+      `The log submits its checkpoints to ${witnesses.length} witness(es) (quorum: ${quorum}). A witness cosigns only a checkpoint consistent with everything it cosigned before, so their cosignatures stand against a split view. As the log reports it:`,
+    ),
+    el(
+      "ul",
+      {},
+      witnesses.map((w) =>
+        el("li", {}, el("code", {}, w.key), w.cosigned_size === null ? ": has cosigned nothing yet" : `: has cosigned up to size ${formatCount(w.cosigned_size)}`),
+      ),
+    ),
+    refusals
+      ? el("p", { class: "verdict failed", "data-verdict": "failed" }, `✗ A witness refused this log's checkpoint ${refusals} time(s) since the server started: a fork, or a log that lost data.`)
+      : el("p", {}, "No witness has refused a checkpoint since the server started."),
   );
 }
 
@@ -243,10 +268,13 @@ async function compareForeign(text) {
 
 async function main() {
   const trustContainer = document.getElementById("trust");
+  const first = fetchPage(); // the latest checkpoints load while the key does
+  first.catch(() => {});
   try {
     trust = await loadTrust();
   } catch (error) {
     show(trustContainer, failure(error));
+    document.body.dataset.ready = "error";
     return;
   }
   trustContainer.replaceWith(trustNote(trust));
@@ -264,7 +292,7 @@ async function main() {
         document.body.dataset.ready = "yes";
       });
   });
-  document.getElementById("older").addEventListener("click", () => loadPage().catch((e) => show(document.getElementById("consistency"), failure(e))));
+  document.getElementById("older").addEventListener("click", () => loadPage(null).catch((e) => show(document.getElementById("consistency"), failure(e))));
   document.getElementById("foreign").addEventListener("submit", (event) => {
     event.preventDefault();
     document.body.dataset.ready = "busy";
@@ -274,7 +302,7 @@ async function main() {
         document.body.dataset.ready = "yes";
       });
   });
-  await loadPage();
+  await loadPage(first);
   document.body.dataset.ready = "yes";
 }
 

@@ -2,7 +2,7 @@
 // checked here to be a prefix of the latest tree) and the edge-key registry. Every request
 // is one page of an indexed query, so the page costs the same on a log of 10**6 entries.
 
-import { APIError, getJSON, getText } from "./api.js";
+import { getJSON, getText } from "./api.js";
 import {
   cosignerOf,
   decodeB64,
@@ -40,7 +40,6 @@ async function signers(note, trust, opened) {
   return parseNote(note).lines.map(({ name, keyId }) => {
     const id = `${name}+${keyId}`;
     let role;
-    let state;
     if (name === trust.logKey.name && keyId === trust.logKey.keyId) {
       role = "the log's signature (Ed25519)";
     } else if (name === stamp.name && keyId === stamp.keyId) {
@@ -49,8 +48,7 @@ async function signers(note, trust, opened) {
       const witness = trust.witnesses.find((w) => w.name === name && w.keyId === keyId);
       role = witness ? "a witness the log lists (cosignature/v1)" : "a signer this page has no key for";
     }
-    if (verified.has(id)) state = "verified";
-    else state = "not verified (no key)";
+    const state = verified.has(id) ? "verified" : "not verified (no key)";
     return el("tr", {}, el("td", {}, el("code", {}, `${name}+${keyIdHex(keyId)}`)), el("td", {}, role), el("td", {}, state));
   });
 }
@@ -204,7 +202,7 @@ async function anchorConsistency(anchor, latest) {
 
 async function showAnchors(latest) {
   const container = document.getElementById("anchors");
-  const { anchoring, anchors } = await getJSON("/v1/anchors", { limit: ANCHORS_SHOWN, status: "final" });
+  const { anchoring, anchors } = await getJSON("/v1/anchors", { order: "desc", limit: ANCHORS_SHOWN, status: "final" });
   if (!anchoring) {
     show(container, el("p", { id: "no-anchoring" }, "This log does not anchor its checkpoints on a chain (it runs without --anchor-rpc)."));
     return;
@@ -242,7 +240,7 @@ async function showAnchors(latest) {
       ? el(
           "table",
           { id: "anchor-table" },
-          el("caption", {}, `The first ${anchors.length} final anchors`),
+          el("caption", {}, `The latest ${anchors.length} final anchors, newest first`),
           el(
             "thead",
             {},
@@ -324,25 +322,30 @@ function setUpPinning() {
 
 async function main() {
   setUpPinning();
+  // The growth chart and the registry need no key: they load while the key does.
+  const untrusted = [
+    showGrowth().catch((e) => show(document.getElementById("growth"), failure(e))),
+    showEdgeKeys().catch((e) => show(document.getElementById("edge-keys"), failure(e))),
+  ];
   const trustContainer = document.getElementById("trust");
   let trust;
   try {
     trust = await loadTrust();
   } catch (error) {
     show(trustContainer, failure(error));
+    await Promise.all(untrusted);
+    document.body.dataset.ready = "error";
     return;
   }
   trustContainer.replaceWith(trustNote(trust));
-  const parts = [
-    showCheckpoint(trust).then((cp) => showAnchors(cp).catch((e) => show(document.getElementById("anchors"), failure(e)))),
-    showGrowth().catch((e) => show(document.getElementById("growth"), failure(e))),
-    showEdgeKeys().catch((e) => show(document.getElementById("edge-keys"), failure(e))),
-  ];
-  await Promise.all(parts);
+  const checked = showCheckpoint(trust).then((cp) =>
+    showAnchors(cp).catch((e) => show(document.getElementById("anchors"), failure(e))),
+  );
+  await Promise.all([checked, ...untrusted]);
   document.body.dataset.ready = "yes";
 }
 
 main().catch((error) => {
   document.body.dataset.ready = "error";
-  document.getElementById("main").prepend(failure(error instanceof APIError ? error : String(error)));
+  document.getElementById("main").prepend(failure(error));
 });

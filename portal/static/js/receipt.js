@@ -54,6 +54,13 @@ function peek(bundleText) {
 
 // -- the steps ----------------------------------------------------------------------------------
 
+/** A promise started now and awaited later: its rejection is handled where it is awaited,
+ * not reported as unhandled in the meantime. */
+function early(promise) {
+  promise.catch(() => {});
+  return promise;
+}
+
 /** Verify one bundle in full; returns the steps (each {state, title, detail}) and what the
  * download and the command need. Never throws: a failure is a ✗ step, and the steps that
  * depend on it are marked not checked. */
@@ -63,6 +70,9 @@ export async function verifyReceiptBundle(bundleText, trustState) {
   const failed = (title, error) => steps.push({ state: "failed", title, detail: error instanceof Error ? error.message : String(error) });
   const skipped = (title, detail) => steps.push({ state: "skipped", title, detail });
   const result = { steps, entry: null, edgeKey: null, witnesses: [] };
+  // Fetched now, awaited where used: the steps below would otherwise wait for each in turn.
+  const latestNote = early(getText("/checkpoint"));
+  const registry = early(getJSON("/v1/edge-keys"));
 
   let bundle;
   try {
@@ -123,21 +133,29 @@ export async function verifyReceiptBundle(bundleText, trustState) {
     skipped("Consistency with the latest checkpoint", "needs a verified checkpoint");
   } else {
     try {
-      const latest = await openCheckpoint(utf8(await getText("/checkpoint")), [trustState.logKey]);
-      const oldSize = opened.checkpoint.treeSize;
-      const newSize = latest.checkpoint.treeSize;
-      if (oldSize > newSize) throw new Error(`the bundle's tree (${oldSize}) is larger than the latest (${newSize})`);
-      const { proof } = await getJSON("/v1/proofs/consistency", { old_size: String(oldSize), new_size: String(newSize) });
+      // The served checkpoint can be older than the bundle's (with a witness quorum the log
+      // serves the latest cosigned one): then the bundle's tree must extend it instead.
+      const latest = await openCheckpoint(utf8(await latestNote), [trustState.logKey]);
+      const [older, newer] =
+        opened.checkpoint.treeSize <= latest.checkpoint.treeSize
+          ? [opened.checkpoint, latest.checkpoint]
+          : [latest.checkpoint, opened.checkpoint];
+      const { proof } = await getJSON("/v1/proofs/consistency", {
+        old_size: String(older.treeSize),
+        new_size: String(newer.treeSize),
+      });
       await verifyConsistency(
-        oldSize,
-        newSize,
+        older.treeSize,
+        newer.treeSize,
         proof.map((h, i) => decodeB64(h, `proof[${i}]`)),
-        opened.checkpoint.rootHash,
-        latest.checkpoint.rootHash,
+        older.rootHash,
+        newer.rootHash,
       );
       ok(
         "Consistency with the latest checkpoint",
-        oldSize === newSize ? "the bundle's checkpoint is the latest tree" : `the tree of size ${formatCount(oldSize)} is a prefix of the latest, ${formatCount(newSize)}`,
+        older.treeSize === newer.treeSize
+          ? "the bundle's checkpoint is the latest tree"
+          : `the tree of size ${formatCount(older.treeSize)} is a prefix of the tree of size ${formatCount(newer.treeSize)} (the ${older === opened.checkpoint ? "bundle's" : "latest served"} is the older)`,
       );
     } catch (error) {
       failed("Consistency with the latest checkpoint", error);
@@ -164,7 +182,7 @@ export async function verifyReceiptBundle(bundleText, trustState) {
     skipped("Edge key in the log", "needs a receipt and a verified checkpoint");
   } else {
     try {
-      edgeKey = await registeredEdgeKey(entry, opened.checkpoint);
+      edgeKey = await registeredEdgeKey(entry, opened.checkpoint, await registry);
       result.edgeKey = edgeKey.verifier;
       ok(
         "Edge key in the log",
@@ -193,8 +211,7 @@ export async function verifyReceiptBundle(bundleText, trustState) {
 /** The edge key the log registered for this receipt: the registry row (server's word), then
  * its registering entry's bytes, included in the same checkpoint (verified here), naming
  * this very key, and a validity window that holds the receipt's time. */
-async function registeredEdgeKey(entry, checkpoint) {
-  const { edge_keys: keys } = await getJSON("/v1/edge-keys");
+async function registeredEdgeKey(entry, checkpoint, { edge_keys: keys }) {
   const record = keys.find((k) => k.edge === entry.edge && k.key_id === entry.key_id);
   if (!record) throw new Error(`the log's registry has no key ${entry.edge}+${entry.key_id}`);
   const verifier = await parseVkey(record.key);
@@ -203,14 +220,16 @@ async function registeredEdgeKey(entry, checkpoint) {
   }
   const index = BigInt(record.entry_index);
   if (index >= checkpoint.treeSize) throw new Error(`its registration (entry ${index}) is not in the bundle's tree`);
-  const { entries } = await getJSON("/v1/entries", { start: String(index), end: String(index + 1n) });
+  const [{ entries }, { proof }] = await Promise.all([
+    getJSON("/v1/entries", { start: String(index), end: String(index + 1n) }),
+    getJSON("/v1/proofs/inclusion", { index: String(index), tree_size: String(checkpoint.treeSize) }),
+  ]);
   if (entries.length !== 1) throw new Error(`entry ${index} is missing`);
   const bytes = utf8(entries[0].entry);
   const registration = parseEntry(bytes);
   if (registration.kind !== "edge_key" || registration.edge !== entry.edge || registration.key !== record.key) {
     throw new Error(`entry ${index} does not register ${record.key}`);
   }
-  const { proof } = await getJSON("/v1/proofs/inclusion", { index: String(index), tree_size: String(checkpoint.treeSize) });
   await verifyInclusion(
     await leafHash(bytes),
     index,
@@ -293,10 +312,14 @@ function resultsTable(receipts) {
   );
 }
 
-async function lookUp(by, value, after = null) {
+function query(by, value, after = null) {
+  return getJSON("/v1/receipts", { [by]: value, limit: PAGE_SIZE, after });
+}
+
+async function lookUp(by, value, after = null, pending = null) {
   const container = document.getElementById("results");
   show(container, el("p", { class: "status" }, `Looking up ${FINDERS[by]} ${value}…`));
-  const answer = await getJSON("/v1/receipts", { [by]: value, limit: PAGE_SIZE, after });
+  const answer = await (pending ?? query(by, value, after));
   const parts = [];
   if (!answer.receipts.length) {
     parts.push(el("p", { id: "no-results" }, `No logged receipt has ${FINDERS[by]} ${value}${after === null ? "" : " after this point"}.`));
@@ -314,17 +337,20 @@ async function lookUp(by, value, after = null) {
 
 async function main() {
   const trustContainer = document.getElementById("trust");
+  const params = new URLSearchParams(location.search);
+  const by = params.get("by") in FINDERS ? params.get("by") : "request";
+  // A lookup in the address starts with the log's key, not after it.
+  const pending = params.get("q") ? early(query(by, params.get("q"))) : null;
   try {
     trust = await loadTrust();
   } catch (error) {
     show(trustContainer, failure(error));
+    document.body.dataset.ready = "error";
     return;
   }
   trustContainer.replaceWith(trustNote(trust));
   const form = document.getElementById("lookup");
-  const params = new URLSearchParams(location.search);
-  const by = params.get("by");
-  if (by && by in FINDERS) document.getElementById("by").value = by;
+  document.getElementById("by").value = by;
   if (params.get("q")) document.getElementById("q").value = params.get("q");
   form.addEventListener("submit", (event) => {
     event.preventDefault();
@@ -339,8 +365,8 @@ async function main() {
         document.body.dataset.ready = "yes";
       });
   });
-  if (params.get("q")) {
-    await lookUp(document.getElementById("by").value, params.get("q")).catch((e) => show(document.getElementById("results"), failure(e)));
+  if (pending) {
+    await lookUp(by, params.get("q"), null, pending).catch((e) => show(document.getElementById("results"), failure(e)));
   }
   document.body.dataset.ready = "yes";
 }
