@@ -371,7 +371,7 @@ def log_page(client: httpx.Client, s: Subject) -> None:
     get(client, "/v1/log")
     get(client, "/checkpoint")
     get(client, "/v1/growth", points=120)
-    get(client, "/v1/anchors", limit=20, status="final")
+    get(client, "/v1/anchors", order="desc", status="final", limit=20)
     get(client, "/v1/edge-keys")
 
 
