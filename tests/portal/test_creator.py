@@ -176,6 +176,7 @@ def test_the_page_shows_a_verified_statement_its_lines_receipts_and_provisional_
     with page.expect_download() as download:
         page.get_by_role("button", name="Download CSV").click()
     assert Path(download.value.path()).read_bytes() == billed.csv.read_bytes()
+    assert download.value.suggested_filename == billed.csv.name
 
     expect(page.locator("section.scope h2")).to_have_text(
         "What this page verified, and what it did not"
@@ -212,6 +213,7 @@ def test_the_dispute_form_writes_a_dispute_entry_the_python_core_verifies(
     command = page.locator("#dispute-cli")
     expect(command).to_contain_text("meterlog billing dispute")
     expect(command).to_contain_text("--line 1")
+    expect(command).to_contain_text(f"meterlog billing dispute {billed.statement.name} ")
     page.get_by_label("Your creator signing key").fill(format_skey(ALICE))
     before = billed.tree_size()
     page.get_by_role("button", name="Sign and send the dispute").click()

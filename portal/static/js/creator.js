@@ -36,6 +36,7 @@ const $ = (id) => document.getElementById(id);
 
 const state = {
   creator: null,
+  fileName: "", // the name billing gives this creator's statement files, without extension
   logKey: null,
   checkpoint: null, // {note, opened} when verified
   edges: null,
@@ -132,11 +133,20 @@ function shellQuote(text) {
   return /^[A-Za-z0-9_./:@=+-]+$/.test(text) ? text : `'${text.replaceAll("'", `'"'"'`)}'`;
 }
 
-function disputeCommand(creatorId, line, reason) {
-  const file = `statement-${creatorId.replace(/[^A-Za-z0-9._@-]/g, "_").slice(0, 80)}-….json`;
+/**
+ * The file name a billing run gives a creator's statement (billing.run.statement_name): the
+ * id made safe, and the first 8 hex digits of its SHA-256, so two ids with the same safe form
+ * still get two files.
+ */
+export async function statementName(creatorId) {
+  const tag = hex(await sha256(utf8(creatorId))).slice(0, 8);
+  return `statement-${creatorId.replace(/[^A-Za-z0-9._@-]/g, "_").slice(0, 80)}-${tag}`;
+}
+
+function disputeCommand(file, line, reason) {
   const log = apiURL("/").href.replace(/\/$/, "");
-  return `meterlog billing dispute ${file} --line ${line} --reason ${shellQuote(reason || "…")} ` +
-    `--key-file ${shellQuote(creatorId)}.key --log ${log}`;
+  return `meterlog billing dispute ${shellQuote(file)} --line ${line} --reason ${shellQuote(reason || "…")} ` +
+    `--key-file creator.key --log ${log}`;
 }
 
 // -- loading -------------------------------------------------------------------------------------
@@ -347,7 +357,7 @@ function openDispute(line) {
 }
 
 function updateCommand() {
-  $("dispute-cli").textContent = disputeCommand(state.creator, $("dispute-line").value || "N", $("dispute-reason").value);
+  $("dispute-cli").textContent = disputeCommand(`${state.fileName}.json`, $("dispute-line").value || "N", $("dispute-reason").value);
 }
 
 function disputeMessage(err) {
@@ -391,6 +401,7 @@ async function sendDispute(event) {
 async function show_(event) {
   if (event) event.preventDefault();
   state.creator = $("creator").value;
+  state.fileName = await statementName(state.creator);
   state.edges = null;
   try {
     const { logKey, note } = await resolveLogKey($("log-key").value);
@@ -425,9 +436,8 @@ async function main() {
   $("dispute-line").addEventListener("input", updateCommand);
   $("dispute-reason").addEventListener("input", updateCommand);
   $("csv").addEventListener("click", () => {
-    const { document: doc, record } = state.statement;
-    const name = `statement-${state.creator.replace(/[^A-Za-z0-9._@-]/g, "_")}-${record.digest.slice(7, 15)}.csv`;
-    download(name, statementCSV(doc), "text/csv");
+    const { document: doc } = state.statement;
+    download(`${state.fileName}.csv`, statementCSV(doc), "text/csv");
   });
   try {
     await loadCreators(params.get("creator"));
