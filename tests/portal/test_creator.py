@@ -47,6 +47,8 @@ ALICE = SigningKey("acct:alice", bytes(range(72, 104)))
 IMPOSTOR = SigningKey("acct:alice", bytes(range(104, 136)))
 """A key named like Alice's that the log did not register."""
 BOB = SigningKey("acct:bob", bytes(range(136, 168)))
+CAROL = SigningKey("acct:carol", bytes(range(200, 232)))
+"""Paid in EUR, which no run has billed yet."""
 BILLING = SigningKey("billing.test", bytes(range(168, 200)))
 CONTENT = ("sha256:" + "c1" * 32, "sha256:" + "c2" * 32)
 MANIFEST = ("sha256:" + "a1" * 32, "sha256:" + "a2" * 32)
@@ -70,8 +72,8 @@ class Billed:
     def log_vkey(self) -> str:
         return (self.server.data_dir / "log.vkey").read_text(encoding="utf-8").strip()
 
-    def creator_page(self, base: str | None = None) -> str:
-        query = f"creator={quote(ALICE.name)}&key={quote(self.log_vkey)}"
+    def creator_page(self, base: str | None = None, creator: str = ALICE.name) -> str:
+        query = f"creator={quote(creator)}&key={quote(self.log_vkey)}"
         return f"{base or self.url}/portal/creator.html?{query}"
 
     def tree_size(self) -> int:
@@ -105,9 +107,9 @@ def billed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Billed]:
         register_edge(server, EDGE)
         admin = {"Authorization": f"Bearer {server.token}"}
         with httpx.Client(base_url=server.url, timeout=30) as client:
-            for key in (ALICE, BOB):
+            for key, currency in ((ALICE, "USD"), (BOB, "USD"), (CAROL, "EUR")):
                 body = {"creator_id": key.name, "key": format_vkey(key.verifier()),
-                        "currency": "USD"}  # fmt: skip
+                        "currency": currency}  # fmt: skip
                 assert client.post("/v1/admin/creators", json=body, headers=admin).is_success
             for content, manifest in zip(CONTENT, MANIFEST, strict=True):
                 entry = sign_manifest(
@@ -184,12 +186,15 @@ def test_the_page_shows_a_verified_statement_its_lines_receipts_and_provisional_
     screenshot(page, "creator")
 
 
-def test_the_receipts_behind_a_line_page_on(page: Page, billed: Billed) -> None:
+def test_the_receipts_behind_a_line_and_the_provisional_ones_page_on(
+    page: Page, billed: Billed
+) -> None:
     document = parse_statement(billed.statement.read_bytes())
     indices = list(document.lines[0].leaf_indices)
     assert len(indices) > 2
     _loaded(page, billed.creator_page() + "&limit=2")
     page.get_by_role("button", name="Receipts of line 1").click()
+    expect(page.locator("#line-receipts-summary")).to_contain_text("Line 1 counts")
     rows = page.locator("#line-receipts-table tbody tr")
     shown: list[int] = []
     while True:
@@ -199,9 +204,25 @@ def test_the_receipts_behind_a_line_page_on(page: Page, billed: Billed) -> None:
         shown += page_indices
         if not page.locator("#line-more").is_visible():
             break
-        page.get_by_role("button", name="Next page").click()
+        page.get_by_role("button", name="Next page", exact=True).click()
         expect(rows.first).not_to_have_attribute("data-index", str(page_indices[0]))
     assert shown == indices
+
+    provisional = page.locator("#provisional tr.provisional")
+    expect(provisional).to_have_count(2)
+    first = [int(i) for i in provisional.evaluate_all("rs => rs.map(r => r.dataset.index)")]
+    page.get_by_role("button", name="Next provisional page").click()
+    expect(provisional.first).not_to_have_attribute("data-index", str(first[0]))
+    rest = [int(i) for i in provisional.evaluate_all("rs => rs.map(r => r.dataset.index)")]
+    assert first + rest == billed.provisional
+    expect(page.locator("#provisional-more")).to_be_hidden()
+
+
+def test_a_creator_no_run_has_billed_yet(page: Page, billed: Billed) -> None:
+    _loaded(page, billed.creator_page(creator=CAROL.name))
+    expect(page.locator("#provisional [data-receipts]")).to_have_attribute("data-receipts", "0")
+    expect(page.locator("#provisional-summary")).to_contain_text("since the log began")
+    expect(page.locator("#statements")).to_contain_text("No statement for this creator")
 
 
 def test_the_dispute_form_writes_a_dispute_entry_the_python_core_verifies(

@@ -43,6 +43,7 @@ const state = {
   statement: null, // {record, document, bytes}
   line: null,
   lineAfter: null,
+  provisionalAfter: null,
 };
 
 // -- money and CSV (billing/run.py's CSV_COLUMNS and _csv_chunks, for the same bytes) --------
@@ -207,10 +208,20 @@ async function loadProvisional() {
     el("strong", { "data-receipts": p.receipts }, `${formatCount(p.receipts)} receipt(s)`),
     ` naming ${p.creator_id} logged ${since}, up to tree size ${formatCount(p.tree_size)}. `,
     "Provisional: counted from the log's index, not priced; the next billing run may still exclude some.");
-  const page = await getJSON("/v1/receipts", { creator: state.creator, after: p.from_index - 1, limit: PAGE });
+  state.provisionalAfter = p.from_index > 0 ? p.from_index - 1 : null;
+  await showProvisional();
+  $("provisional").hidden = false;
+}
+
+/** A page of the provisional receipts, from state.provisionalAfter (null: from the start). */
+async function showProvisional() {
+  const params = { creator: state.creator, limit: PAGE };
+  if (state.provisionalAfter !== null) params.after = state.provisionalAfter;
+  const page = await getJSON("/v1/receipts", params);
   const checked = await checkAll(page.receipts);
   show($("provisional-receipts"), checked.length ? receiptRows(checked, true) : el("p", {}, "None."));
-  $("provisional").hidden = false;
+  state.provisionalAfter = page.next_after;
+  $("provisional-more-row").hidden = page.next_after === null;
 }
 
 async function loadStatements() {
@@ -431,7 +442,8 @@ async function main() {
   const params = new URLSearchParams(location.search);
   $("log-key").value = params.get("key") || pinnedKey() || "";
   $("pick").addEventListener("submit", show_);
-  $("line-more").addEventListener("click", () => showLine(state.line, false));
+  $("line-more").addEventListener("click", () => showLine(state.line, false).catch((e) => setStatus(e.message, true)));
+  $("provisional-more").addEventListener("click", () => showProvisional().catch((e) => setStatus(e.message, true)));
   $("dispute-form").addEventListener("submit", sendDispute);
   $("dispute-line").addEventListener("input", updateCommand);
   $("dispute-reason").addEventListener("input", updateCommand);
