@@ -53,9 +53,9 @@ async function signers(note, trust, opened) {
   });
 }
 
-async function showCheckpoint(trust) {
+async function showCheckpoint(trust, pendingNote) {
   const container = document.getElementById("checkpoint");
-  const note = await getText("/checkpoint");
+  const note = await pendingNote;
   const steps = [];
   let opened = null;
   try {
@@ -322,11 +322,13 @@ function setUpPinning() {
 
 async function main() {
   setUpPinning();
-  // The growth chart and the registry need no key: they load while the key does.
+  // The growth chart, the registry and the latest checkpoint's note load while the key does.
   const untrusted = [
     showGrowth().catch((e) => show(document.getElementById("growth"), failure(e))),
     showEdgeKeys().catch((e) => show(document.getElementById("edge-keys"), failure(e))),
   ];
+  const latestNote = getText("/checkpoint"); // verified once the key is loaded
+  latestNote.catch(() => {});
   const trustContainer = document.getElementById("trust");
   let trust;
   try {
@@ -338,7 +340,7 @@ async function main() {
     return;
   }
   trustContainer.replaceWith(trustNote(trust));
-  const checked = showCheckpoint(trust).then((cp) =>
+  const checked = showCheckpoint(trust, latestNote).then((cp) =>
     showAnchors(cp).catch((e) => show(document.getElementById("anchors"), failure(e))),
   );
   await Promise.all([checked, ...untrusted]);
