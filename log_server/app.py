@@ -10,9 +10,12 @@ files are mounted at ``/portal/`` (portal.portal_mount). Imports tlog, log_serve
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hmac
 import json
+import re
 import time
+import zipfile
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -25,7 +28,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from log_server.catalog import (
@@ -38,6 +41,7 @@ from log_server.catalog import (
     statement_json,
 )
 from log_server.config import Config, DataDir, read_billing_keys
+from log_server.documents import StatementDocuments
 from log_server.metrics import Metrics
 from log_server.openapi import OPENAPI
 from log_server.sequencer import (
@@ -50,7 +54,7 @@ from log_server.sequencer import (
     sequence,
 )
 from log_server.signatures import SignatureChecker, SignedItem
-from log_server.storage import EdgeKeyRecord, Storage, StoredCheckpoint
+from log_server.storage import EdgeKeyRecord, EntryRecord, Storage, StoredCheckpoint
 from log_server.witnesses import Witnessing, witness_id
 from portal import portal_mount
 from tlog.bundle import ProofBundle, format_bundle
@@ -122,6 +126,8 @@ class _State:
     """The anchoring job, when --anchor-rpc is set (log_server.anchoring)."""
     billing_keys: frozenset[str] = frozenset()
     """The billing keys (verifier key strings) whose statements the log accepts."""
+    documents: StatementDocuments | None = None
+    """The statement documents it serves (--statements DIR), if any."""
 
 
 _T = TypeVar("_T")
@@ -609,6 +615,175 @@ async def get_billing_keys(request: Request) -> Response:
     return _JSON({"billing_keys": sorted(_state(request).billing_keys)})
 
 
+# -- what the portal reads: statement documents, their lines' receipts, provisional usage,
+# -- a job's bundles in one download ----------------------------------------------------------
+
+
+async def _logged_statement(state: _State, digest_text: str) -> str:
+    """The digest from a path, if the log has logged that statement (else 404)."""
+    digest = str(query_text(digest_text, "digest"))
+    if await asyncio.to_thread(state.storage.billing.statement, digest) is None:
+        raise HTTPException(404, f"no statement {digest} in the log")
+    return digest
+
+
+async def get_statement_document(request: Request) -> Response:
+    """The document of a logged statement (its canonical bytes, whose SHA-256 is the digest),
+    from the billing runs' directory the log serves (--statements); 404 if it has none."""
+    state = _state(request)
+    digest = await _logged_statement(state, request.path_params["digest"])
+    documents = state.documents
+    data = None if documents is None else await asyncio.to_thread(documents.read, digest)
+    if data is None:
+        raise HTTPException(404, f"the log has no document for statement {digest}")
+    return Response(data, media_type="application/json", headers={"Cache-Control": _IMMUTABLE})
+
+
+async def get_line_receipts(request: Request) -> Response:
+    """The receipts a statement line counts, by the leaf indices it names, in index order,
+    each with a proof bundle under the latest checkpoint; paged by ``after`` and ``limit``."""
+    state = _state(request)
+    digest = await _logged_statement(state, request.path_params["digest"])
+    line = parse_decimal(request.path_params["line"], "line")
+    after, limit = _page(request, state)
+    documents = state.documents
+    lines = None if documents is None else await asyncio.to_thread(documents.lines, digest)
+    if lines is None:
+        raise HTTPException(404, f"the log has no document for statement {digest}")
+    if not 1 <= line <= len(lines):
+        raise HTTPException(404, f"statement {digest} has no line {line}")
+    indices = lines[line - 1]
+    start = bisect.bisect_right(indices, after)
+    page = indices[start : start + limit]
+    checkpoint = await _latest(state)
+    records = await asyncio.to_thread(state.storage.entries_at, page)
+    bundles = await asyncio.to_thread(_bundles, state, records, checkpoint)
+    more = start + limit < len(indices)
+    return _JSON(
+        {
+            "statement": digest,
+            "line": line,
+            "leaf_count": len(indices),
+            "receipts": bundles,
+            "next_after": page[-1] if more and page else None,
+        }
+    )
+
+
+async def _latest(state: _State) -> StoredCheckpoint:
+    checkpoint = await asyncio.to_thread(state.storage.latest_checkpoint)
+    if checkpoint is None:
+        raise HTTPException(503, "no checkpoint yet")
+    return checkpoint
+
+
+def _bundles(
+    state: _State, records: Sequence[EntryRecord], checkpoint: StoredCheckpoint
+) -> list[dict[str, object]]:
+    """``{"index", "bundle"}`` of each record under ``checkpoint``, the proofs read at once."""
+    under = [r for r in records if r.index < checkpoint.tree_size]
+    proofs = inclusion_proofs([r.index for r in under], checkpoint.tree_size, state.storage)
+    return [
+        {"index": r.index, "bundle": _bundle(state, r.index, r.data, checkpoint, proof)}
+        for r, proof in zip(under, proofs, strict=True)
+    ]
+
+
+async def get_provisional(request: Request) -> Response:
+    """A creator's accrued-but-unbilled usage: the receipts naming it logged from where its
+    currency's last billing run ended (where the next run starts) up to the latest
+    checkpoint. Provisional: a run may still exclude some of them, and prices none here."""
+    state = _state(request)
+    creator_id = str(query_text(request.path_params["creator_id"], "creator_id"))
+    billing = state.storage.billing
+    creator = await asyncio.to_thread(billing.creator, creator_id)
+    if creator is None:
+        raise HTTPException(404, f"no creator {creator_id}")
+    latest = await asyncio.to_thread(
+        lambda: billing.statements(creator.currency, latest=True, limit=1)
+    )
+    since = latest[0].range_end if latest else 0
+    checkpoint = await _latest(state)
+    count = await asyncio.to_thread(state.storage.count_entries, "creator_id", creator_id, since)
+    return _JSON(
+        {
+            "creator_id": creator_id,
+            "currency": creator.currency,
+            "provisional": True,
+            "from_index": since,
+            "after_statement": latest[0].digest if latest else None,
+            "tree_size": checkpoint.tree_size,
+            "receipts": count,
+        }
+    )
+
+
+class _ZipSink:
+    """A write-only file for zipfile that hands out what was written since the last take."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._position = 0
+
+    def write(self, data: bytes) -> int:
+        self._parts.append(bytes(data))
+        self._position += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._position
+
+    def flush(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        data, self._parts = b"".join(self._parts), []
+        return data
+
+
+_ZIP_PAGE = 500
+_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+async def get_receipts_zip(request: Request) -> Response:
+    """Every receipt of a job (or consumer, creator, content) as one zip of .tlog-proof
+    files, ``receipt-<index>.tlog-proof`` as ``meterlog receipts get`` names them, all under
+    the latest checkpoint; streamed page by page, so its size is not held in memory."""
+    state = _state(request)
+    given = [(n, request.query_params[n]) for n in _FINDERS if n in request.query_params]
+    if len(given) != 1:
+        raise MalformedError("query", f"give exactly one of {', '.join(_FINDERS)}")
+    name, value = given[0]
+    query_text(value, name)
+    column = _FINDERS[name]
+    checkpoint = await _latest(state)
+    find = state.storage.find_entries
+    first = await asyncio.to_thread(find, column, value, -1, _ZIP_PAGE)
+    if not first or first[0].index >= checkpoint.tree_size:
+        raise HTTPException(404, f"no receipts with {name} {value}")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        sink = _ZipSink()
+        page = first
+        with zipfile.ZipFile(sink, "w", zipfile.ZIP_DEFLATED) as archive:  # type: ignore[arg-type]
+            while page:
+                bundles = await asyncio.to_thread(_bundles, state, page, checkpoint)
+                for item in bundles:
+                    archive.writestr(f"receipt-{item['index']}.tlog-proof", str(item["bundle"]))
+                yield sink.take()
+                if len(page) < _ZIP_PAGE or page[-1].index >= checkpoint.tree_size:
+                    break
+                page = await asyncio.to_thread(find, column, value, page[-1].index, _ZIP_PAGE)
+        yield sink.take()
+
+    filename = f"receipts-{name}-{_UNSAFE_IN_NAME.sub('_', value)[:80]}.zip"
+    return StreamingResponse(
+        chunks(),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
 # -- reading ------------------------------------------------------------------------------
 
 
@@ -1084,6 +1259,9 @@ def create_app(config: Config) -> Starlette:
         billing_keys = (
             frozenset() if config.billing_keys is None else read_billing_keys(config.billing_keys)
         )
+        documents = (
+            None if config.statements_dir is None else StatementDocuments(config.statements_dir)
+        )
         app.state.log = _State(
             config,
             storage,
@@ -1095,6 +1273,7 @@ def create_app(config: Config) -> Starlette:
             witnessing=witnessing,
             anchoring=anchoring,
             billing_keys=billing_keys,
+            documents=documents,
         )
         scheduler = _scheduler(config, pool, witnessing, anchoring, anchor_thread)
         scheduler.start()
@@ -1142,6 +1321,14 @@ def create_app(config: Config) -> Starlette:
         Route("/v1/catalog", get_catalog, methods=["GET"]),
         Route("/v1/statements", get_statements, methods=["GET"]),
         Route("/v1/statements/{digest}", get_statement, methods=["GET"]),
+        Route("/v1/statements/{digest}/document", get_statement_document, methods=["GET"]),
+        Route(
+            "/v1/statements/{digest}/lines/{line}/receipts",
+            get_line_receipts,
+            methods=["GET"],
+        ),
+        Route("/v1/creators/{creator_id}/provisional", get_provisional, methods=["GET"]),
+        Route("/v1/receipts.zip", get_receipts_zip, methods=["GET"]),
         Route("/v1/disputes", get_disputes, methods=["GET"]),
         Route("/v1/revenue", get_revenue, methods=["GET"]),
         Route("/v1/billing-keys", get_billing_keys, methods=["GET"]),

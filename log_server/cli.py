@@ -190,6 +190,13 @@ def _billing_keys(value: str) -> Path:
     return path
 
 
+def _directory(value: str) -> Path:
+    path = _path(value)
+    if not path.is_dir():
+        raise ValueError("not a directory")
+    return path
+
+
 @dataclass(frozen=True, slots=True)
 class Option:
     """One ``serve`` setting: flag ``--<name with dashes>``, variable ``METERLOG_<NAME>``,
@@ -245,6 +252,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("billing_keys", "FILE", "the billing keys whose statements the log accepts: "
            "a file of verifier keys, one per line", _billing_keys, (str,), None,
            "billing_keys", "none: no statements"),
+    Option("statements", "DIR", "billing runs' output directory (or a parent of several): "
+           "the log serves the statement documents in it whose digest it has logged",
+           _directory, (str,), None, "statements_dir", "none: no documents"),
     Option("witness_interval", "S", "seconds between rounds of witness submissions",
            _seconds, (int, float), "1", "witness_interval_s"),
     Option("anchor_rpc", "URL", "anchor checkpoints on this chain: an http(s) JSON-RPC URL, "
@@ -441,11 +451,26 @@ class _StartError(Exception):
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    """The listening socket, bound before uvicorn starts so a busy port is a clear error."""
+    """The listening socket, bound before uvicorn starts so a busy port is a clear error.
+
+    Made with ``IPPROTO_TCP`` as its protocol, not 0: the connections it accepts inherit it,
+    and asyncio turns Nagle's algorithm off (``TCP_NODELAY``) only on sockets whose protocol
+    says TCP. With Nagle on, an answer written in two pieces (head, then body) on a
+    keep-alive connection waited for the client's delayed ACK: 40 ms per request, for a
+    browser or any client that reuses its connection (bench/portal.py found it).
+    """
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, _, _, _, address = infos[0]
-        return socket.create_server(address, family=family)
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen()
+        except OSError:
+            sock.close()
+            raise
+        return sock
     except OSError as exc:
         raise _StartError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
@@ -471,6 +496,8 @@ def _announce(settings: Settings, port: int) -> None:
             f"  billing keys:   {count} in {config.billing_keys} (statements they sign are "
             "accepted)"
         )
+    if config.statements_dir is not None:
+        lines.append(f"  statements:     documents served from {config.statements_dir}")
     if config.anchor_rpc is not None:
         lines.append(
             f"  anchoring:      on {_display_rpc(config.anchor_rpc)} every "

@@ -47,6 +47,9 @@ class Config:
     billing_keys: Path | None = None
     """A file of verifier keys, one per line: the billing keys whose ``statement`` entries
     the log accepts; None: it accepts none."""
+    statements_dir: Path | None = None
+    """Where billing runs write their statement documents (``statement-*.json``, searched
+    recursively): the log serves those whose digest it has logged; None: it serves none."""
     witness_interval_s: float = 1.0
     witness_timeout_s: float = 10.0
     anchor_rpc: str | None = None

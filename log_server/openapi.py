@@ -351,6 +351,39 @@ OPENAPI: dict[str, Any] = {
             [_text("digest", "sha256:<hex> of the statement", "path")],
             _JSON,
         ),
+        "/v1/statements/{digest}/document": _get(
+            "A logged statement's document (canonical JSON; its SHA-256 is the digest), "
+            "from the billing runs' directory the log serves (--statements)",
+            [_text("digest", "sha256:<hex> of the statement", "path")],
+            _JSON,
+        ),
+        "/v1/statements/{digest}/lines/{line}/receipts": _get(
+            "The receipts a statement line counts (its leaf indices), with proof bundles",
+            [
+                _text("digest", "sha256:<hex> of the statement", "path"),
+                {**_int("line", "the line, from 1", required=True), "in": "path"},
+                _int("after", "the last leaf index already seen"),
+                _int("limit", "page size"),
+            ],
+            _JSON,
+        ),
+        "/v1/creators/{creator_id}/provisional": _get(
+            "A creator's accrued-but-unbilled usage: receipts logged since its currency's "
+            "last billing run ended (provisional)",
+            [_text("creator_id", "creator id", "path")],
+            _JSON,
+        ),
+        "/v1/receipts.zip": _get(
+            "Every receipt of a job (or consumer, creator, content) as a zip of .tlog-proof "
+            "bundles, all under the latest checkpoint",
+            [
+                _text("job", "job_id"),
+                _text("consumer", "consumer_id"),
+                _text("creator", "creator_id"),
+                _text("content", "content_id"),
+            ],
+            {"description": "OK", "content": {"application/zip": {}}},
+        ),
         "/v1/creators": _get("The creators as the log registers them", [], _JSON),
         "/v1/creators/{creator_id}": _get(
             "One creator", [_text("creator_id", "creator id", "path")], _JSON

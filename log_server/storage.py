@@ -528,6 +528,37 @@ class Storage:
             found.extend(_entry(row) for row in rows)
         return found
 
+    def count_entries(self, column: str, value: str, since: int = 0) -> int:
+        """How many entries from index ``since`` on have ``column`` (as in :meth:`find_entries`)
+        equal to ``value``: the partitions from ``since``'s on, a few hundred per query, each
+        counted from its corner of the partitioned index alone (it holds ``column`` and
+        ``idx``), so the count never reads an entry."""
+        if column not in _FINDABLE:
+            raise KeyError(column)
+        table, mark = self._t.entries._meta.table_name, self.db.param
+        total = 0
+        for chunk in _chunks(self._partitions(since)):
+            marks = ", ".join([mark] * len(chunk))
+            sql = (
+                f'SELECT COUNT(*) FROM "{table}" WHERE "part" IN ({marks}) '  # noqa: S608
+                f'AND "{column}" = {mark} AND "idx" >= {mark}'
+            )
+            row = self.db.execute_sql(sql, [*chunk, value, since]).fetchone()
+            total += int(row[0])
+        return total
+
+    def entries_at(self, indexes: Sequence[int]) -> list[EntryRecord]:
+        """The entries at ``indexes`` that exist, in index order (primary-key lookups)."""
+        table = self._t.entries._meta.table_name
+        columns = ", ".join(f'"{c}"' for c in _ENTRY_COLUMNS)
+        found: list[EntryRecord] = []
+        for chunk in _chunks(sorted(set(indexes))):
+            marks = ", ".join([self.db.param] * len(chunk))
+            sql = f'SELECT {columns} FROM "{table}" WHERE "idx" IN ({marks}) ORDER BY "idx"'  # noqa: S608
+            for row in self.db.execute_sql(sql, list(chunk)).fetchall():
+                found.append(EntryRecord(row[0], bytes(row[2]), bytes(row[3]), *row[4:]))
+        return found
+
     def find_by_request_id(
         self, request_id: str, after: int = -1, limit: int = 100
     ) -> list[EntryRecord]:
