@@ -437,11 +437,11 @@ def creator_line(client: httpx.Client, s: Subject) -> None:
 
 
 def buyer_page(client: httpx.Client, s: Subject) -> None:
-    """buyer.js: the checkpoint, the registry, the job's first 100 receipts."""
+    """buyer.js: the checkpoint, the registry, the job's first 20 receipts."""
     get(client, "/v1/log")
     get(client, "/checkpoint")
     get(client, "/v1/edge-keys")
-    get(client, "/v1/receipts", job=s.job, limit=100)
+    get(client, "/v1/receipts", job=s.job, limit=20)
 
 
 def buyer_download(client: httpx.Client, s: Subject) -> None:

@@ -1,4 +1,4 @@
-"""Benchmark: the portal's Log, Receipts and Auditor pages loading in Chromium on a large log.
+"""Benchmark: the portal's pages loading in Chromium on a large log.
 
 A script, not a test: it prints figures and asserts none. Nothing in meterlog imports it.
 
@@ -15,8 +15,12 @@ verified. A page's time is ``performance.now()`` then: from the start of the nav
 the page being done, module loading and every verification in the browser included. The
 Receipts page is loaded with a request id in its address (one receipt, looked up and
 verified step by step), and with a consumer and a job (a page of 20 receipts listed). The
-samples are read from the log's entry at the middle index. Each page is loaded ``--warmup``
-times untimed, then ``--rounds`` times.
+samples are read from the log's entry at the middle index. With ``--statements`` (the billing
+run's documents, served by the log with the same option: bench/portal.py writes them under
+``runs/`` beside the data dir, and they are used from there when the option is left out) the
+Creator page (that receipt's creator: provisional usage and statements, each verified) and
+the Buyer page (that receipt's job: a page of receipts, each verified) are timed too. Each
+page is loaded ``--warmup`` times untimed, then ``--rounds`` times.
 
 The floor, measured in the same run, interleaved with the pages: the same browser
 navigating to ``/healthz`` (one round trip to the same server, a small JSON document
@@ -75,10 +79,14 @@ def copy_data_dir(source: Path, target: Path) -> str:
     return (target / "log.vkey").read_text(encoding="utf-8").split("+", 1)[0]
 
 
-def serve(data_dir: Path, origin: str, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+def serve(
+    data_dir: Path, origin: str, log_path: Path, statements: Path | None
+) -> tuple[subprocess.Popen[bytes], str]:
     meterlog = Path(sys.executable).with_name("meterlog")
     argv = [str(meterlog), "serve", "--data-dir", str(data_dir), "--origin", origin,
             "--port", "0", "--checkpoint-interval", "3600"]  # fmt: skip
+    if statements is not None:
+        argv += ["--statements", str(statements)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("METERLOG_")}
     with log_path.open("wb") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=log, env=env)
@@ -94,7 +102,7 @@ def serve(data_dir: Path, origin: str, log_path: Path) -> tuple[subprocess.Popen
     raise BenchError("the server did not start in 60 s")
 
 
-def pages(url: str) -> dict[str, str]:
+def pages(url: str, billed: bool) -> dict[str, str]:
     """Each timed page's address, with samples from the receipt at the log's middle index."""
     size = httpx.get(f"{url}/healthz", timeout=10).json()["tree_size"]
     for index in range(size // 2, size):
@@ -111,7 +119,14 @@ def pages(url: str) -> dict[str, str]:
         "receipt_by_consumer": f"{portal}receipt.html?by=consumer&q={entry['consumer_id']}",
         "receipt_by_job": f"{portal}receipt.html?by=job&q={entry['job_id']}",
         "auditor": f"{portal}auditor.html",
-    }
+    } | (
+        {
+            "creator": f"{portal}creator.html?creator={entry['creator_id']}",
+            "buyer": f"{portal}buyer.html?job={entry['job_id']}",
+        }
+        if billed
+        else {}
+    )
 
 
 def load_ms(page: Page, address: str, ready: str) -> float:
@@ -124,8 +139,8 @@ def p95(samples: Sequence[float]) -> float:
     return statistics.quantiles(samples, n=20, method="inclusive")[18]
 
 
-def measure(url: str, rounds: int, warmup: int, out: Report) -> None:
-    addresses = pages(url)
+def measure(url: str, rounds: int, warmup: int, billed: bool, out: Report) -> None:
+    addresses = pages(url, billed)
     times: dict[str, list[float]] = {name: [] for name in [*addresses, "floor"]}
     floor_address = f"{url}/healthz"
     args = ["--disable-gpu", "--disable-dev-shm-usage"]
@@ -174,6 +189,9 @@ def measure(url: str, rounds: int, warmup: int, out: Report) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, required=True, help="an existing log's data dir")
+    parser.add_argument(
+        "--statements", type=Path, help="the billing run's documents (default: ../runs if any)"
+    )
     parser.add_argument("--rounds", type=int, default=20, help="timed loads of each page")
     parser.add_argument("--warmup", type=int, default=3, help="untimed loads of each page first")
     parser.add_argument("--json", action="store_true", help="one JSON object per metric")
@@ -185,13 +203,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="meterlog-portal-bench-") as scratch:
         data_dir = Path(scratch) / "data"
         origin = copy_data_dir(args.data_dir, data_dir)
-        process, url = serve(data_dir, origin, Path(scratch) / "serve.log")
+        statements = args.statements
+        if statements is None and (args.data_dir.parent / "runs").is_dir():
+            statements = args.data_dir.parent / "runs"
+        process, url = serve(data_dir, origin, Path(scratch) / "serve.log", statements)
         try:
             size = httpx.get(f"{url}/healthz", timeout=10).json()["tree_size"]
             out.note(
                 f"log {origin}: {size:,} entries, served at {url}; {os.getloadavg()[0]:.1f} load"
             )
-            measure(url, args.rounds, args.warmup, out)
+            measure(url, args.rounds, args.warmup, statements is not None, out)
         except BenchError as exc:
             print(f"portal_browser: {exc}", file=sys.stderr)
             return 1

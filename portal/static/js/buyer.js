@@ -13,7 +13,7 @@ import {
 import { pinnedKey } from "./trust.js";
 import { el, formatCount, formatTime, show, stepList } from "./ui.js";
 
-const PAGE = 100;
+const PAGE = 20;
 const $ = (id) => document.getElementById(id);
 const state = { job: "", logKey: null, edges: null, after: null, shown: 0, failed: 0 };
 
