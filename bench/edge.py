@@ -41,7 +41,6 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -58,6 +57,7 @@ from edge_signer.middleware import ReceiptMiddleware
 from edge_signer.signer import Delivery, EdgeSigner
 from edge_signer.spool import Spool, SpoolWriter
 from edge_signer.tokens import AccessGate
+from log_server.sockets import listen
 from tlog.note import SigningKey
 from tlog.token import AccessToken, format_token, sign_token
 
@@ -118,7 +118,7 @@ def serve(mode: str, files: Path, spool: Path) -> None:
     app, writer = build_app(mode, files, spool)
     if writer is not None:
         writer.start()
-    sock = socket.create_server(("127.0.0.1", 0))
+    sock = listen("127.0.0.1", 0)  # as `meterlog edge serve-demo` listens: Nagle off
     print(f"port {sock.getsockname()[1]}", flush=True)
     config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
     try:

@@ -45,6 +45,7 @@ from edge_signer.submitter import (
     Submitter,
     submitter_lock,
 )
+from log_server.sockets import listen
 from tlog.entry import SCOPES
 from tlog.errors import MalformedError, VerificationError
 from tlog.note import Verifier
@@ -369,9 +370,7 @@ def _run_catalog(args: argparse.Namespace) -> int:
 
 def _listen(host: str, port: int) -> socket.socket:
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, _, _, _, address = infos[0]
-        return socket.create_server(address, family=family)
+        return listen(host, port)
     except OSError as exc:
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 

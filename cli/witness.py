@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from cli.keys import read_signing_key
+from log_server.sockets import listen
 from tlog.errors import MalformedError
 from tlog.note import ALG_COSIGNATURE_V1, ALG_ED25519, Verifier, format_vkey
 from tlog.policy import parse_policy
@@ -49,7 +50,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     key = read_signing_key(Path(args.key_file))
     logs = _logs(args)
     try:
-        sock = socket.create_server((args.host, args.port))
+        sock = listen(args.host, args.port)
     except OSError as exc:
         print(f"meterlog witness: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE

@@ -42,6 +42,7 @@ from typing import Any
 from anchor.record import parse_address
 from anchor.secret import AnchorKey, AnchorKeyError
 from log_server.config import Config, DataDir, read_billing_keys
+from log_server.sockets import listen
 from tlog.errors import MalformedError
 from tlog.note import ALG_ED25519, Verifier
 from tlog.policy import parse_policy
@@ -451,26 +452,9 @@ class _StartError(Exception):
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    """The listening socket, bound before uvicorn starts so a busy port is a clear error.
-
-    Made with ``IPPROTO_TCP`` as its protocol, not 0: the connections it accepts inherit it,
-    and asyncio turns Nagle's algorithm off (``TCP_NODELAY``) only on sockets whose protocol
-    says TCP. With Nagle on, an answer written in two pieces (head, then body) on a
-    keep-alive connection waited for the client's delayed ACK: 40 ms per request, for a
-    browser or any client that reuses its connection (bench/portal.py found it).
-    """
+    """The listening socket (:func:`log_server.sockets.listen`), or why the log cannot start."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, _, _, _, address = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-            sock.listen()
-        except OSError:
-            sock.close()
-            raise
-        return sock
+        return listen(host, port)
     except OSError as exc:
         raise _StartError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 

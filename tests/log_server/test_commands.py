@@ -8,7 +8,6 @@ client commands in process (``cli.main.main``), plus httpx directly, as curl wou
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -658,37 +657,3 @@ def test_edge_revoke_ends_a_keys_window(
     assert status == 1
     assert [r["status"] for r in json_lines(out)] == ["logged", "rejected"]
     assert "revoked or expired" in err
-
-
-def test_accepted_connections_turn_nagle_off() -> None:
-    """asyncio sets TCP_NODELAY only on sockets whose protocol is IPPROTO_TCP; accepted ones
-    inherit the listening socket's. Without it a keep-alive client waited 40 ms per answer."""
-    listening = serve_cli._listen("127.0.0.1", 0)
-    with listening, socket.create_connection(listening.getsockname()[:2]):
-        accepted, _ = listening.accept()
-        with accepted:
-            assert accepted.proto == socket.IPPROTO_TCP
-
-
-async def _nodelay_of_an_asyncio_connection() -> int:
-    listening = serve_cli._listen("127.0.0.1", 0)
-    found: list[int] = []
-
-    def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        found.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-        writer.close()
-
-    server = await asyncio.start_server(connected, sock=listening)
-    async with server:
-        _, writer = await asyncio.open_connection(*listening.getsockname()[:2])
-        for _ in range(200):
-            if found:
-                break
-            await asyncio.sleep(0.01)
-        writer.close()
-    return found[0]
-
-
-def test_the_server_side_of_a_connection_has_nagle_off() -> None:
-    assert asyncio.run(_nodelay_of_an_asyncio_connection()) != 0
