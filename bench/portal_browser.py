@@ -38,28 +38,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 from playwright.sync_api import Page, sync_playwright
 from report import Report  # bench/report.py, beside this script
+from verify import BenchError, serve  # bench/verify.py: a built log served on loopback
 
 CHROMIUM = "/usr/bin/chromium"
 TARGET_MS = 300.0
-_ANNOUNCED = re.compile(rb"serving the log \S+ at (http://127\.0\.0\.1:\d+)")
-
-
-class BenchError(Exception):
-    """The benchmark could not run as designed."""
 
 
 def copy_data_dir(source: Path, target: Path) -> str:
@@ -77,29 +70,6 @@ def copy_data_dir(source: Path, target: Path) -> str:
         copy.close()
         original.close()
     return (target / "log.vkey").read_text(encoding="utf-8").split("+", 1)[0]
-
-
-def serve(
-    data_dir: Path, origin: str, log_path: Path, statements: Path | None
-) -> tuple[subprocess.Popen[bytes], str]:
-    meterlog = Path(sys.executable).with_name("meterlog")
-    argv = [str(meterlog), "serve", "--data-dir", str(data_dir), "--origin", origin,
-            "--port", "0", "--checkpoint-interval", "3600"]  # fmt: skip
-    if statements is not None:
-        argv += ["--statements", str(statements)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("METERLOG_")}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=log, env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise BenchError(f"the server exited:\n{log_path.read_text()[-2000:]}")
-        found = _ANNOUNCED.search(log_path.read_bytes())
-        if found is not None:
-            return process, found.group(1).decode()
-        time.sleep(0.1)
-    process.kill()
-    raise BenchError("the server did not start in 60 s")
 
 
 def pages(url: str, billed: bool) -> dict[str, str]:
@@ -206,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         statements = args.statements
         if statements is None and (args.data_dir.parent / "runs").is_dir():
             statements = args.data_dir.parent / "runs"
-        process, url = serve(data_dir, origin, Path(scratch) / "serve.log", statements)
+        extra = [] if statements is None else ["--statements", str(statements)]
+        process, url = serve(data_dir, Path(scratch) / "serve.log", origin, extra)
         try:
             size = httpx.get(f"{url}/healthz", timeout=10).json()["tree_size"]
             out.note(

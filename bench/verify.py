@@ -142,10 +142,14 @@ def measure_floor(
     return wall, cpu
 
 
-def serve(data_dir: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+def serve(
+    data_dir: Path, log_path: Path, origin: str = ORIGIN, extra: Sequence[str] = ()
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``meterlog serve`` on a free loopback port, sequencing nothing (the log is built):
+    the process and its URL, once it has announced it."""
     meterlog = Path(sys.executable).with_name("meterlog")
-    argv = [str(meterlog), "serve", "--data-dir", str(data_dir), "--origin", ORIGIN,
-            "--port", "0", "--checkpoint-interval", "3600"]  # fmt: skip
+    argv = [str(meterlog), "serve", "--data-dir", str(data_dir), "--origin", origin,
+            "--port", "0", "--checkpoint-interval", "3600", *extra]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("METERLOG_")}
     with log_path.open("wb") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=log, env=env)
