@@ -473,6 +473,7 @@ def _announce(settings: Settings, port: int) -> None:
         f"                  (in {vkey_path}; verifiers need it)",
         f"  operator token: {settings.operator_token_file}",
         f"  data dir:       {config.data_dir}",
+        f"  portal:         {_url(config.host, port)}/portal/ (in a browser)",
     ]
     if config.billing_keys is not None:
         count = len(read_billing_keys(config.billing_keys))

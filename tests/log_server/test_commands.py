@@ -483,6 +483,8 @@ def test_serve_announces_origin_key_token_and_url(server: Server) -> None:
     assert f"meterlog: serving the log localhost/meterlog at {server.url}" in text
     assert server.log_vkey.read_text().strip() in text
     assert str(server.token_file) in text
+    assert f"portal:         {server.url}/portal/" in text
+    assert httpx.get(f"{server.url}/portal/", timeout=10).status_code == 200
 
 
 def test_register_make_submit_verify_and_resubmit(
