@@ -48,10 +48,7 @@ import json
 import os
 import random
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -59,6 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from verify import BenchError, serve  # bench/verify.py: a built log served on loopback
 
 from log_server.sequencer import Logged, LogIdentity, sequence
 from log_server.storage import Storage, StoredCheckpoint
@@ -89,10 +87,6 @@ JOBS_PER_CONSUMER = 10
 CONTENT_PER_CREATOR = 5
 TARGET_MS = 300.0
 BILLING = SigningKey("billing.bench", bytes([7]) * 32)
-
-
-class BenchError(Exception):
-    pass
 
 
 def note(text: str) -> None:
@@ -284,59 +278,6 @@ def bill(
             )
         )  # fmt: skip
     seal(storage, log, statements, now_ms)
-
-
-# -- the server ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    url: str
-    log_path: Path
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def start_server(root: Path) -> Server:
-    meterlog = Path(sys.executable).with_name("meterlog")
-    if not meterlog.exists():
-        raise BenchError(f"no {meterlog}: run `make test` (it builds .venv) first")
-    port = free_port()
-    command = [str(meterlog), "serve", "--data-dir", str(root / "data"), "--origin", ORIGIN,
-               "--host", "127.0.0.1", "--port", str(port),
-               "--statements", str(root / "runs")]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("METERLOG_")}
-    log_path = root / "server.log"
-    with log_path.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    server = Server(process, f"http://127.0.0.1:{port}", log_path)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise BenchError(f"the server exited:\n{log_path.read_text()[-2000:]}")
-        try:
-            if httpx.get(server.url + "/healthz", timeout=2).json().get("ok"):
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    server.stop()
-    raise BenchError("the server did not become ready in 60 s")
 
 
 # -- the pages ----------------------------------------------------------------------------------
@@ -549,12 +490,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         results.append({"metric": "build_entries_per_s", "value": round(rate),
                         "unit": "entries/s", "floor": None, "ratio": None})  # fmt: skip
     meta = json.loads(built.read_text())
-    server = start_server(root)
+    process, url = serve(
+        root / "data", root / "server.log", ORIGIN, ["--statements", str(root / "runs")]
+    )
     try:
-        note(f"measuring on {meta['entries']:,} entries at {server.url}")
-        times = measure(server.url, meta, args.rounds, args.warmup)
+        note(f"measuring on {meta['entries']:,} entries at {url}")
+        times = measure(url, meta, args.rounds, args.warmup)
     finally:
-        server.stop()
+        process.terminate()
+        process.wait(timeout=60)
     results += figures(times)
     note(f"load average: {os.getloadavg()[0]:.2f}; rounds: {len(times['floor'])}")
     for figure in results:
