@@ -14,7 +14,6 @@ tlog.errors.MalformedError: size: '042' is not a canonical decimal
 
 from __future__ import annotations
 
-import base64
 import binascii
 
 from tlog.errors import MalformedError
@@ -50,10 +49,11 @@ def parse_decimal(text: str, field: str, maximum: int = MAX_INT63) -> int:
 def decode_b64(text: str, field: str) -> bytes:
     """Standard padded base64, validated: no stray characters, no missing padding."""
     try:
-        data = base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError) as exc:
+        # strict_mode: only the alphabet, padding exactly where it belongs, nothing after it
+        data = binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError) as exc:  # ValueError: a non-ASCII string
         raise MalformedError(field, "not valid base64") from exc
-    if base64.b64encode(data).decode() != text:
+    if encode_b64(data) != text:
         raise MalformedError(field, "base64 is not canonical")
     return data
 

@@ -832,3 +832,66 @@ def test_signed_edge_key_round_trip(entry: EdgeKey) -> None:
         tampered = dataclasses.replace(decoded, key=other_key)
         with pytest.raises(InvalidSignatureError):
             verify_edge_key(tampered, OPERATOR.verifier())
+
+
+# decode_entry reads receipts the fast way (tlog.entry._receipt_of: no reader, the checks
+# left to Receipt.__post_init__) and anything else the strict way. The fast way must never
+# accept what the strict way refuses, nor give another receipt; and a well-formed receipt
+# must take it (else the speed is lost without a test noticing).
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(1 << 60), 1 << 60) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=4,
+)
+RECEIPT_FIELDS = sorted({f.name for f in dataclasses.fields(Receipt)} | {"kind", "extra"})
+
+
+def _fast_way(data: bytes) -> Receipt | None:
+    value = json.loads(data)
+    if value.get("kind") != "receipt":
+        return None  # decode_entry takes the fast way for receipts only
+    try:
+        return tlog.entry._receipt_of(value)
+    except (MalformedError, TypeError, ValueError):
+        return None
+
+
+def _strict_way(data: bytes) -> Receipt | None:
+    try:
+        entry = tlog.entry._read_entry(parse_canonical_json(data))
+    except MalformedError:
+        return None
+    assert isinstance(entry, Receipt)
+    return entry
+
+
+@settings(max_examples=400)
+@given(
+    receipts.filter(lambda r: r.logged_at_ms is not None),
+    st.dictionaries(st.sampled_from(RECEIPT_FIELDS), st.none() | json_values, max_size=3),
+)
+def test_the_fast_way_accepts_only_what_the_strict_way_does(
+    entry: Receipt, changes: dict[str, Any]
+) -> None:
+    value = json.loads(encode_entry(entry))
+    for name, changed in changes.items():
+        if changed is None and name != "kind":
+            value.pop(name, None)  # a missing field
+        else:
+            value[name] = changed  # a null, a value of any type, or an unknown field
+    try:
+        data = canonical_json(value)
+    except MalformedError:
+        return  # not an entry's JSON at all (an integer beyond 2**53, say)
+    strict = _strict_way(data)
+    fast = _fast_way(data)
+    if fast is not None:
+        assert strict == fast
+    if not changes:
+        assert fast == entry
+    if strict is None:
+        with pytest.raises(MalformedError):
+            decode_entry(data)
+    else:
+        assert decode_entry(data) == strict
