@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import operator
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -1037,7 +1038,7 @@ def decode_entry(data: bytes) -> Entry:
                 entry = _read_entry(value)
                 if encode_entry(entry) == data:
                     return entry
-    except (MalformedError, TypeError, ValueError, RecursionError):
+    except (MalformedError, KeyError, TypeError, ValueError, RecursionError):
         pass  # the strict way below raises with the field named
     return _read_entry(parse_canonical_json(data))
 
@@ -1054,30 +1055,46 @@ def _read_entry(obj: dict[str, object]) -> Entry:
     return entry
 
 
+_RECEIPT_VALUES = operator.itemgetter(
+    "request_id", "edge", "consumer_id", "token_id", "scope", "content_id", "creator_id",
+    "manifest", "bytes_sent", "cache", "served_at_ms",
+)  # fmt: skip
+"""Receipt's first fields, in its order (a call by position is twice as fast)."""
+_RECEIPT_FIELDS = 15
+"""A receipt's fields in JSON, but for the two optional ones."""
+
+
 def _receipt_of(obj: dict[str, Any]) -> Receipt:
-    """The receipt a parsed object of kind receipt holds (it is consumed).
+    """The receipt a parsed object of kind receipt holds.
 
     decode_entry's fast way for the entries logs hold by the million: ``Receipt._read``
     without the reader, whose type checks ``Receipt.__post_init__`` makes again with the
-    values' own. Only what ``__post_init__`` cannot see is checked here: a null given for an
-    optional field, a key ID or signature left empty, the JSON types of the two fields that
-    are converted; a missing or unknown field fails the call itself. Anything wrong raises
-    (MalformedError, TypeError or ValueError) and decode_entry takes the strict way, which
-    names it; tests/tlog/test_entry.py holds the two ways to the same answers."""
-    del obj["kind"]
-    rate, signature = obj.get("sample_rate"), obj.get("signature")
+    values' own. Only what ``__post_init__`` cannot see is checked here: a missing or
+    unknown field, a null given for an optional one, a key ID or signature left empty, the
+    JSON types of the two fields that are converted. Anything wrong raises (MalformedError,
+    KeyError, TypeError or ValueError) and decode_entry takes the strict way, which names
+    it; tests/tlog/test_entry.py holds the two ways to the same answers."""
+    job_id, logged_at_ms = obj.get("job_id", _ABSENT), obj.get("logged_at_ms", _ABSENT)
+    rate, key_id, signature = obj["sample_rate"], obj["key_id"], obj["signature"]
     if (
-        type(rate) is not list
+        len(obj) != _RECEIPT_FIELDS + (job_id is not _ABSENT) + (logged_at_ms is not _ABSENT)
+        or job_id is None
+        or logged_at_ms is None
+        or type(rate) is not list
+        or not key_id
         or type(signature) is not str
         or not signature
-        or not obj.get("key_id")
-        or obj.get("job_id", "") is None
-        or obj.get("logged_at_ms", 0) is None
     ):
-        raise MalformedError("receipt", "a field is null, empty or of the wrong type")
-    obj["sample_rate"] = tuple(rate)
-    obj["signature"] = decode_b64(signature, "receipt.signature")
-    return Receipt(**obj)
+        raise MalformedError("receipt", "a field is missing, unknown, null or empty")
+    values: tuple[Any, ...] = (
+        *_RECEIPT_VALUES(obj),
+        None if job_id is _ABSENT else job_id,
+        tuple(rate),
+        key_id,
+        decode_b64(signature, "receipt.signature"),
+        None if logged_at_ms is _ABSENT else logged_at_ms,
+    )
+    return Receipt(*values)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -853,7 +853,7 @@ def _fast_way(data: bytes) -> Receipt | None:
         return None  # decode_entry takes the fast way for receipts only
     try:
         return tlog.entry._receipt_of(value)
-    except (MalformedError, TypeError, ValueError):
+    except (MalformedError, KeyError, TypeError, ValueError):
         return None
 
 
