@@ -211,9 +211,14 @@ class Engine:
         self._upfront: list[tuple[int, str]] = []
         self._horizon = -(1 << 62)
         self._requests: dict[str, list[_Item]] = {}
-        self._request_heap: list[tuple[int, str]] = []
-        self._buckets: dict[tuple[object, ...], list[object]] = {}
-        self._bucket_heap: list[tuple[int, tuple[object, ...]]] = []
+        self._request_windows: dict[int, list[tuple[int, str]]] = {}
+        """Request groups to settle, by the request window their first receipt falls in:
+        (first served_at_ms, request_id). A group filed twice is settled once."""
+        self._request_heap: list[int] = []
+        self._slots: dict[tuple[object, ...], list[object]] = {}
+        """Event slots, (window, content, consumer, job): [counted before, the event]."""
+        self._event_windows: dict[int, list[tuple[object, ...]]] = {}
+        self._event_heap: list[int] = []
         self._lines: dict[tuple[object, ...], tuple[dict[tuple[int, int], int], int]] = {}
         self._line_keys = 0
         self._weights: dict[tuple[str, str, tuple[int, int]], int] = {}
@@ -359,7 +364,8 @@ class Engine:
             found = self._registry.key_for(r)
             if not isinstance(found, tuple):
                 self.watched[index] = (r, found)
-        if r.served_at_ms < self._horizon:
+        served = r.served_at_ms
+        if served < self._horizon:
             if not earlier:
                 self._exclude(r.creator_id, "too_late", index)
             return
@@ -368,16 +374,17 @@ class Engine:
                 self._exclude(r.creator_id, "edge_key_invalid", index)
             return
         manifest = self._manifests.get(r.manifest)
+        scope = r.scope
         reason = None
         if manifest is None:
             reason = "unknown_manifest"
         elif manifest.creator_id != r.creator_id or manifest.content_id != r.content_id:
             reason = "manifest_mismatch"
-        elif manifest.withdrawn_at_ms is not None and r.served_at_ms >= manifest.withdrawn_at_ms:
+        elif manifest.withdrawn_at_ms is not None and served >= manifest.withdrawn_at_ms:
             reason = "withdrawn"
-        elif r.scope not in manifest.scopes:
+        elif scope not in manifest.scopes:
             reason = "scope_not_licensed"
-        elif self.policy.rules[r.scope] == "none":
+        elif self.policy.rules[scope] == "none":
             reason = "not_billable"
         if reason is not None:
             if not earlier:
@@ -387,61 +394,71 @@ class Engine:
         creator = self._creators.get(manifest.creator_id)
         if creator is None or creator[1] != self.policy.currency:
             return  # another currency's runs pay this creator
+        request_id = r.request_id
         item: _Item = (
-            r.served_at_ms, r.edge, r.request_id, index, r.manifest, r.scope, r.consumer_id,
-            r.job_id or "", r.bytes_sent, r.cache, r.sample_rate, manifest.creator_id,
-            r.content_id, earlier,
+            served, r.edge, request_id, index, r.manifest, scope, r.consumer_id, r.job_id or "",
+            r.bytes_sent, r.cache, r.sample_rate, manifest.creator_id, r.content_id, earlier,
         )  # fmt: skip
-        members = self._requests.get(r.request_id)
+        members = self._requests.get(request_id)
         if members is None:
-            self._requests[r.request_id] = [item]
-            heapq.heappush(self._request_heap, (r.served_at_ms, r.request_id))
+            self._requests[request_id] = [item]
+            self._file(served, request_id)
         else:
-            if r.served_at_ms < min(m[0] for m in members):
-                heapq.heappush(self._request_heap, (r.served_at_ms, r.request_id))
+            if served < min(m[0] for m in members):
+                self._file(served, request_id)
             members.append(item)
+
+    def _file(self, first: int, request_id: str) -> None:
+        window = first // self.policy.request_window_ms
+        filed = self._request_windows.get(window)
+        if filed is None:
+            filed = self._request_windows[window] = []
+            heapq.heappush(self._request_heap, window)
+        filed.append((first, request_id))
 
     # -- deliveries and events --------------------------------------------------------------
 
     def _sweep(self, final: bool = False) -> None:
-        """Settle every request group and window that no receipt still to come can join:
-        one started at least a request window before the horizon (or all, at the end)."""
+        """Settle every request group and event window that no receipt still to come can
+        join (or all, at the end). A group can be settled once its first receipt is a
+        request window before the horizon; they are settled a whole request window at a
+        time, so up to one window later: then every group first served before ``settled``
+        is done, and so is every event window ending by then."""
         window = self.policy.request_window_ms
-        limit = self._horizon - window
+        settled = (self._horizon - window + 1) // window
         heap, requests, pop = self._request_heap, self._requests, heapq.heappop
-        while heap and (final or heap[0][0] <= limit):
-            first, request_id = pop(heap)
-            members = requests.get(request_id)
-            if members is None:
-                continue
-            if len(members) == 1:  # nearly every request: one receipt, one delivery
-                if members[0][0] == first:
+        while heap and (final or heap[0] < settled):
+            for first, request_id in self._request_windows.pop(pop(heap)):
+                members = requests.get(request_id)
+                if members is None:
+                    continue
+                if len(members) == 1:  # nearly every request: one receipt, one delivery
+                    if members[0][0] == first:
+                        del requests[request_id]
+                        self._delivery(members)
+                    continue
+                if min(m[0] for m in members) != first:
+                    continue  # filed before an earlier receipt of the group came
+                members.sort()
+                cut = first + window
+                group = [m for m in members if m[0] < cut]
+                rest = [m for m in members if m[0] >= cut]
+                self._delivery(group)
+                if rest:
+                    requests[request_id] = rest
+                    self._file(rest[0][0], request_id)  # a later window than this one
+                else:
                     del requests[request_id]
-                    self._delivery(members)
-                continue
-            if min(m[0] for m in members) != first:
-                continue  # an outdated heap item: the group moved on
-            members.sort()
-            cut = first + window
-            group = [m for m in members if m[0] < cut]
-            rest = [m for m in members if m[0] >= cut]
-            self._delivery(group)
-            if rest:
-                requests[request_id] = rest
-                heapq.heappush(heap, (rest[0][0], request_id))
-            else:
-                del requests[request_id]
-        buckets = self._bucket_heap
-        width = self.policy.window_ms
-        while buckets and (final or (buckets[0][0] + 1) * width + window <= self._horizon):
-            _, key = pop(buckets)
-            earlier, best = self._buckets.pop(key)
-            if best is None:
-                continue
-            if earlier:
-                self._exclude(best[11], "counted_before", best[3])  # type: ignore[index]
-            else:
-                self._event(best)  # type: ignore[arg-type]
+        heap, width, settled_ms = self._event_heap, self.policy.window_ms, settled * window
+        while heap and (final or (heap[0] + 1) * width <= settled_ms):
+            for key in self._event_windows.pop(pop(heap)):
+                earlier, best = self._slots.pop(key)
+                if best is None:
+                    continue
+                if earlier:
+                    self._exclude(best[11], "counted_before", best[3])  # type: ignore[index]
+                else:
+                    self._event(best)  # type: ignore[arg-type]
 
     def _delivery(self, group: list[_Item]) -> None:
         """One request group (sorted): its earliest receipt is the delivery. A group with a
@@ -462,12 +479,16 @@ class Engine:
             if not earlier:
                 self._event(best)
             return
-        bucket = best[0] // self.policy.window_ms
-        slot_key = (bucket, best[12], best[6], best[7] if rule == "once_per_job" else "")
-        slot = self._buckets.get(slot_key)
+        window = best[0] // self.policy.window_ms
+        slot_key = (window, best[12], best[6], best[7] if rule == "once_per_job" else "")
+        slot = self._slots.get(slot_key)
         if slot is None:
-            slot = self._buckets[slot_key] = [False, None]
-            heapq.heappush(self._bucket_heap, (bucket, slot_key))
+            slot = self._slots[slot_key] = [False, None]
+            keys = self._event_windows.get(window)
+            if keys is None:
+                keys = self._event_windows[window] = []
+                heapq.heappush(self._event_heap, window)
+            keys.append(slot_key)
         if earlier:
             slot[0] = True
             return
@@ -494,7 +515,9 @@ class Engine:
         """Count ``amount`` (events, or bytes) of ``item`` on its line. Sums are kept per
         sample rate, as integers: the exact quantity (each rate's sum times b/a) is made
         once, when the line is priced."""
-        key = (item[11], kind, self._period(item[0]), item[4], item[5])
+        served = item[0]
+        period = None if served >= self.plan.period_start_ms else self._period(served)
+        key = (item[11], kind, period, item[4], item[5])
         line = self._lines.get(key)
         if line is None:
             line = self._lines[key] = ({}, self._new_list())

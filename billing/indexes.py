@@ -44,7 +44,8 @@ class LeafIndexLists:
         self._segment = segment
         self._buffers: dict[int, array[int]] = {}
         self._segments: dict[int, list[tuple[int, int]]] = {}
-        self._counts: dict[int, int] = {}
+        self._written: dict[int, int] = {}
+        """Indices of each list written to the file (the rest are in its buffer)."""
         self._buffered = 0
         self._end = 0
 
@@ -66,9 +67,7 @@ class LeafIndexLists:
         buffer = self._buffers.get(key)
         if buffer is None:
             buffer = self._buffers[key] = array("q")
-            self._counts[key] = 0
         buffer.append(index)
-        self._counts[key] += 1
         self._buffered += 1
         if len(buffer) >= self._segment:
             self._flush(key)
@@ -85,12 +84,13 @@ class LeafIndexLists:
         self._file.write(ordered.tobytes())
         self._segments.setdefault(key, []).append((self._end, len(ordered)))
         self._end += len(ordered) * _ITEM
+        self._written[key] = self._written.get(key, 0) + len(ordered)
         self._buffered -= len(buffer)
         self._buffers[key] = array("q")
 
     def count(self, key: int) -> int:
         """How many indices the list ``key`` holds."""
-        return self._counts.get(key, 0)
+        return self._written.get(key, 0) + len(self._buffers.get(key, ()))
 
     def read(self, key: int) -> Iterator[int]:
         """The list's indices in increasing order (a list holds each index once)."""

@@ -147,19 +147,23 @@ class Registry:
         """The key the receipt must be signed by as the registry stands, or why there is
         none: (kind, detail). The signature itself is not checked here."""
         window = self.keys.get((receipt.edge, receipt.key_id))
+        served = receipt.served_at_ms
+        if (
+            window is not None
+            and window.valid_from_ms <= served
+            and (window.valid_until_ms is None or served < window.valid_until_ms)
+        ):
+            return window.verifier  # (first, and without the words: a call per receipt)
         who = f"{receipt.edge}+{receipt.key_id}"
         if window is None:
             return "unknown key", f"signed by {who}, which the log never registered before it"
-        served = receipt.served_at_ms
         if served < window.valid_from_ms:
             return "key not yet valid", f"{who} valid from {window.valid_from_ms}, served {served}"
-        if window.valid_until_ms is not None and served >= window.valid_until_ms:
-            return (
-                "revoked key",
-                f"{who} was revoked or retired at {window.valid_until_ms} (entry "
-                f"{window.entry_index}), served at {served}",
-            )
-        return window.verifier
+        return (
+            "revoked key",
+            f"{who} was revoked or retired at {window.valid_until_ms} (entry "
+            f"{window.entry_index}), served at {served}",
+        )
 
     def to_json(self) -> list[dict[str, object]]:
         return [

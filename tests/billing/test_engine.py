@@ -440,7 +440,7 @@ def test_memory_holds_only_the_window(ledger: Ledger) -> None:
             engine.feed(index, data)
             if index % 100 == 99:
                 engine._sweep()
-                held.append(len(engine._requests) + len(engine._buckets))
+                held.append(len(engine._requests) + len(engine._slots))
         run = engine.finish()
         (statement,) = run.statements
         assert max(held) <= 200  # two days of 50 receipts at most, never the whole range
