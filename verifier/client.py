@@ -6,7 +6,7 @@ hashes and entries of a tree whose checkpoint the caller verified and computes i
 consistency proofs locally. Nothing here trusts a proof the server computed: hashes come out
 of tiles authenticated against the checkpoint's root (``tlog.tiles.TileHashReader``), and
 entries out of bundles whose leaf hashes fold to authenticated subtree hashes. Imports tlog
-and httpx only.
+and httpx (and verifier.workers, for the entry reader) only.
 
 Failures are of two kinds, kept apart because the exit codes differ: the log cannot be
 reached, or answers 5xx (:class:`LogUnavailableError`, exit 3); the log answers, but with
@@ -39,7 +39,9 @@ without one raises :class:`EntryReaderError`. The child exits when the caller is
 iterating (the generator closed or collected). A client with a custom ``transport`` (a test's
 ``MockTransport``) cannot be rebuilt in another process: its entries are read in this
 process, as without ``in_child``. The entries fetched by the child are added to
-:attr:`LogClient.fetched` at the end of the range.
+:attr:`LogClient.fetched` at the end of the range. As for any ``spawn`` child, the caller's
+main module must import without side effects (``if __name__ == "__main__":``): the child
+imports it, and one that starts a read on import makes the reader exit with code 1.
 """
 
 from __future__ import annotations
