@@ -19,6 +19,7 @@ differently from the published rules.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,9 +119,12 @@ def replay_statement(
         billing_key=document.billing_key,
     )
     tree = VerifiedTree(client, signed)
-    with LeafIndexLists(lists_dir) as lists:
+    with (
+        LeafIndexLists(lists_dir) as lists,
+        closing(tree.entries(0, plan.end, in_child=True)) as entries,  # see run_billing
+    ):
         engine = Engine(plan, lists, watch=watch)
-        for index, entry in tree.entries(0, plan.end):
+        for index, entry in entries:
             engine.feed(index, entry)
         run = engine.finish()
         mine = _find(run, document.creator_id)

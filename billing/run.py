@@ -1,7 +1,8 @@
 """A billing run: from a live log and a policy to signed statements, written and logged.
 
 Owns ``meterlog billing run``'s work: open the run against the log (billing.reader), make
-one pass over its entries (billing.engine), write each creator's statement (canonical JSON,
+one pass over its entries (billing.engine; the entries fetched and authenticated by an entry
+reader, a child process, while this one bills), write each creator's statement (canonical JSON,
 streamed and hashed as it is written) and its CSV export, sign a ``statement`` entry for each
 with the billing key, append them to the log in one request, and check the log's answers
 (each a proof bundle of the statement entry under a checkpoint the trust policy accepts).
@@ -26,6 +27,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -291,12 +293,17 @@ def run_billing(
     evidence_dir: Path = Path(),
 ) -> RunReport:
     """One billing run (see the module docstring): every entry of the pass is read from the
-    tree of the run's verified checkpoint, authenticated against its root."""
+    tree of the run's verified checkpoint, authenticated against its root, by an entry
+    reader (``verifier.client``) when the client can start one: a child process fetches and
+    authenticates, this one bills."""
     source = open_run(client, trust, policy.currency, through=through, evidence_dir=evidence_dir)
     plan = plan_of(source, policy, format_vkey(billing_key.verifier()))
     out_dir.mkdir(parents=True, exist_ok=True)
-    with LeafIndexLists(out_dir) as lists:
-        run = bill(plan, source.tree.entries(0, plan.end), lists)
+    with (
+        LeafIndexLists(out_dir) as lists,
+        closing(source.tree.entries(0, plan.end, in_child=True)) as entries,
+    ):
+        run = bill(plan, entries, lists)
         written = write_run(run, out_dir, billing_key)
     report = RunReport(plan, written, run, out_dir)
     if append and written:

@@ -86,7 +86,8 @@ def _exit_with_parent(parent: int) -> None:
 
     A worker blocks reading its pool's queue, whose other end its sibling workers hold too,
     so a server killed with SIGKILL (or by the OOM killer) would leave them, and their
-    resource tracker, running for good.
+    resource tracker, running for good. (The verifier's workers run
+    ``verifier.workers.exit_with_parent``, the same; log_server may not import verifier.)
     """
 
     def watch() -> None:

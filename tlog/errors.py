@@ -6,6 +6,9 @@ Imports nothing but the standard library.
 Every ``verify_*`` and ``open_*`` function in tlog returns normally or raises a subclass of
 :class:`VerificationError`; none of them returns False. Parsers raise :class:`MalformedError`
 naming the field that was wrong, and build nothing on error.
+
+Every error here survives pickling with its type, message and evidence, so a worker process
+(``spawn``) can raise it in the process that started it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,21 @@ from __future__ import annotations
 
 class TlogError(Exception):
     """Base class of every error raised by the tlog core."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Exception's own pickling calls ``type(self)(*self.args)``, which fails for the
+        # subclasses whose constructors take other arguments than their message.
+        return _restore, (type(self), self.args, self.__dict__)
+
+
+def _restore(
+    kind: type[TlogError], args: tuple[object, ...], state: dict[str, object]
+) -> TlogError:
+    """An unpickled error: built without calling its ``__init__``, as it was pickled."""
+    error = kind.__new__(kind, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class MalformedError(TlogError, ValueError):

@@ -6,7 +6,7 @@ hashes and entries of a tree whose checkpoint the caller verified and computes i
 consistency proofs locally. Nothing here trusts a proof the server computed: hashes come out
 of tiles authenticated against the checkpoint's root (``tlog.tiles.TileHashReader``), and
 entries out of bundles whose leaf hashes fold to authenticated subtree hashes. Imports tlog
-and httpx only.
+and httpx (and verifier.workers, for the entry reader) only.
 
 Failures are of two kinds, kept apart because the exit codes differ: the log cannot be
 reached, or answers 5xx (:class:`LogUnavailableError`, exit 3); the log answers, but with
@@ -22,14 +22,41 @@ held aside, and cached only when the read that needed it has verified
 Partial-tile fallback (tlog-tiles): a log may delete a partial tile once the full tile
 exists. When a partial tile (or bundle) is not found, the client fetches the full one and
 uses its first W hashes (or entries); a cached full tile serves any partial of it.
+
+Entry reader. ``VerifiedTree.entries(start, end, in_child=True)`` yields exactly what
+``entries(start, end)`` does, but fetches and authenticates in a child process (``spawn``:
+callers have threads), so that the caller's process spends its CPU on what it does with
+the entries (a billing pass) and not on HTTP, splitting bundles and hashing. The child
+builds its own :class:`LogClient` from this one's settings (URL, cache directory, timeout,
+fetch threads, ``cache_entries``) and its own :class:`VerifiedTree` from the verified
+checkpoint (the signature is not checked again: every entry is authenticated against the
+checkpoint's root hash, as here). It sends the entries in order, in messages of a few
+thousand, through a pipe: the child works at most a message or two ahead, so memory stays
+bounded whatever the range. An error in the child is raised in the caller with its type
+and message (its traceback as the cause) after the entries before it; a child that dies
+without one raises :class:`EntryReaderError`. The child exits when the caller is killed
+(``verifier.workers.exit_with_parent``), and is stopped and reaped when the caller stops
+iterating (the generator closed or collected). A client with a custom ``transport`` (a test's
+``MockTransport``) cannot be rebuilt in another process: its entries are read in this
+process, as without ``in_child``. The entries fetched by the child are added to
+:attr:`LogClient.fetched` at the end of the range. As for any ``spawn`` child, the caller's
+main module must import without side effects (``if __name__ == "__main__":``): the child
+imports it, and one that starts a read on import makes the reader exit with code 1.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import pickle
+import signal
+import traceback
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import TracebackType
 
@@ -52,8 +79,10 @@ from tlog.tiles import (
     TileHashReader,
     decode_entry_bundle,
 )
+from verifier.workers import exit_with_parent
 
 __all__ = [
+    "EntryReaderError",
     "LogClient",
     "LogUnavailableError",
     "MissingTileError",
@@ -62,6 +91,10 @@ __all__ = [
 
 USER_AGENT = "meterlog-verifier"
 _MEMORY_TILES = 2048
+READER_NAME = "meterlog-entry-reader"
+"""The entry reader's process name (``multiprocessing``'s, not the OS's)."""
+_ENTRIES_PER_MESSAGE = 4096
+_STOP_S = 10.0
 
 
 class LogUnavailableError(Exception):
@@ -70,6 +103,11 @@ class LogUnavailableError(Exception):
 
 class MissingTileError(VerificationError):
     """The log does not serve a tile or bundle that its checkpoint commits to."""
+
+
+class EntryReaderError(Exception):
+    """The entry reader (the child process of ``entries(..., in_child=True)``) failed
+    otherwise than with an error it could pass on: it died, or its error does not pickle."""
 
 
 class LogClient:
@@ -95,6 +133,11 @@ class LogClient:
         self.cache_entries = cache_entries
         """Whether full entry bundles are cached on disk too (a monitor reading each once
         does not need them; a buyer re-checking receipts does)."""
+        self._settings = (
+            _Settings(self.url, cache_dir, timeout_s, fetch_threads, cache_entries)
+            if transport is None
+            else None  # a transport object cannot be rebuilt in another process
+        )
         self._http = httpx.Client(
             timeout=timeout_s,
             headers={"User-Agent": USER_AGENT},
@@ -309,16 +352,31 @@ class VerifiedTree:
         indexes = consistency_proof_indexes(old_size, self.tree_size)
         return consistency_proof_from(old_size, self.tree_size, self.hashes(indexes))
 
-    def entries(self, start: int, end: int, batch: int = 64) -> Iterator[tuple[int, bytes]]:
+    def entries(
+        self, start: int, end: int, batch: int = 64, *, in_child: bool = False
+    ) -> Generator[tuple[int, bytes], None, None]:
         """``(index, entry)`` for every index in ``[start, end)``, each entry authenticated.
 
         Bundles are fetched ``batch`` at a time, in parallel; each bundle's entries are
         hashed and folded, and the fold must equal the subtree hash of the bundle's range
         read from authenticated tiles (one hash for a full bundle). A bundle that does not
         match raises ProofError naming it.
+
+        With ``in_child``, all of that happens in a child process, the entry reader (see the
+        module docstring), if the client can be rebuilt there; the entries and errors are
+        the same. Close the iterator (or let it go) to stop the reader early.
         """
         if not 0 <= start <= end <= self.tree_size:
             raise MalformedError("range", f"[{start}, {end}) is not in a tree of {self.tree_size}")
+        settings = self.client._settings
+        if start == end:
+            return  # (not even the bundle holding ``start``)
+        if in_child and settings is not None:
+            yield from _entries_in_child(self, settings, start, end, batch)
+        else:
+            yield from self._entries(start, end, batch)
+
+    def _entries(self, start: int, end: int, batch: int) -> Iterator[tuple[int, bytes]]:
         first, last = start // TILE_WIDTH, (end + TILE_WIDTH - 1) // TILE_WIDTH
         groups = [
             [self._bundle_tile(n) for n in range(group, min(group + batch, last))]
@@ -369,3 +427,174 @@ def _check_bundle(bundle: Tile, raw: bytes, expected: bytes) -> list[bytes]:
             f"{bundle.path()} does not match the tree", expected=expected, calculated=calculated
         )
     return entries
+
+
+# -- the entry reader ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    """What a :class:`LogClient` in another process needs to fetch as this one does."""
+
+    url: str
+    cache_dir: Path | None
+    timeout_s: float
+    fetch_threads: int
+    cache_entries: bool
+
+    def client(self) -> LogClient:
+        return LogClient(
+            self.url, cache_dir=self.cache_dir, timeout_s=self.timeout_s,
+            fetch_threads=self.fetch_threads, cache_entries=self.cache_entries,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class _ReadJob:
+    """An entry reader's range: ``[start, end)`` of ``signed``'s tree, fetched as
+    ``settings`` say, ``batch`` bundles at a time, sent ``per_message`` entries at a time."""
+
+    settings: _Settings
+    signed: SignedCheckpoint
+    start: int
+    end: int
+    batch: int
+    per_message: int
+
+
+class _ChildTracebackError(Exception):
+    """The traceback of an error raised in the entry reader, as the cause of its copy here."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text}"""'
+
+
+def _entries_in_child(
+    tree: VerifiedTree, settings: _Settings, start: int, end: int, batch: int
+) -> Generator[tuple[int, bytes], None, None]:
+    """``tree.entries(start, end)``, read by an entry reader (see the module docstring)."""
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    job = _ReadJob(settings, tree.signed, start, end, batch, _ENTRIES_PER_MESSAGE)
+    reader = context.Process(
+        target=_read_for_parent,
+        args=(job, sender, os.getpid()),
+        name=READER_NAME,
+        daemon=True,  # stopped by multiprocessing's exit handler if this process exits
+    )
+    finished = False
+    try:
+        reader.start()
+        sender.close()  # the child's copy is the only one left: EOF here when it exits
+        index = start
+        while True:
+            try:
+                kind, *body = receiver.recv()
+            except (EOFError, OSError):  # it exited, maybe in the middle of a message
+                reader.join(_STOP_S)
+                raise EntryReaderError(
+                    f"the entry reader (pid {reader.pid}) exited with code {reader.exitcode} "
+                    f"at index {index} of [{start}, {end})"
+                ) from None
+            if kind == "entries":
+                (entries,) = body
+                yield from zip(range(index, index + len(entries)), entries, strict=True)
+                index += len(entries)
+            elif kind == "end":
+                (fetched,) = body
+                if index != end:  # pragma: no cover -- the child sends every entry or an error
+                    raise EntryReaderError(f"the entry reader stopped at {index}, not {end}")
+                tree.client.fetched += fetched
+                finished = True
+                return
+            elif kind == "error":
+                error, text = body
+                raise error from _ChildTracebackError(text)
+            else:
+                description, text = body
+                raise EntryReaderError(
+                    f"the entry reader failed with {description}"
+                ) from _ChildTracebackError(text)
+    finally:
+        sender.close()
+        receiver.close()
+        _stop(reader, finished)
+
+
+def _stop(reader: BaseProcess, finished: bool) -> None:
+    """Reap the entry reader: let it exit if it sent its last message, else end it now."""
+    if reader.pid is None:
+        return  # never started
+    if finished:
+        reader.join(_STOP_S)
+    if reader.exitcode is None:
+        reader.terminate()
+        reader.join(_STOP_S)
+    if reader.exitcode is None:  # pragma: no cover -- SIGTERM is not handled in the child
+        reader.kill()
+        reader.join()
+    reader.close()
+
+
+class _ParentGoneError(Exception):
+    """The entry reader's pipe is closed at the other end: nobody reads what it sends."""
+
+
+def _send(sender: Connection, message: tuple[object, ...]) -> None:
+    try:
+        sender.send(message)
+    except OSError as exc:  # BrokenPipeError, ConnectionResetError
+        raise _ParentGoneError from exc
+
+
+def _read_for_parent(job: _ReadJob, sender: Connection, parent: int) -> None:
+    """The entry reader's work, in the child: every entry of the job's range, authenticated,
+    sent in messages of ``per_message`` entries, then ``end`` or the first error."""
+    exit_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C is the parent's to handle: it stops us
+    entries: list[bytes] = []
+    with sender:
+        client = None
+        try:
+            client = job.settings.client()
+            tree = VerifiedTree(client, job.signed)
+            for _, entry in tree.entries(job.start, job.end, job.batch):
+                entries.append(entry)
+                if len(entries) == job.per_message:
+                    _send(sender, ("entries", entries))
+                    entries = []
+            if entries:
+                _send(sender, ("entries", entries))
+            _send(sender, ("end", client.fetched))
+        except _ParentGoneError:
+            pass
+        except BaseException as error:  # noqa: BLE001 -- every error is the parent's to raise
+            _pass_on(sender, entries, error)
+        finally:
+            if client is not None:
+                client.close()
+
+
+def _pass_on(sender: Connection, entries: list[bytes], error: BaseException) -> None:
+    """Send the entries read before ``error``, then ``error`` itself if it survives pickling
+    (the tlog errors do), else its description."""
+    text = "".join(traceback.format_exception(error))
+    try:
+        copy = pickle.loads(pickle.dumps(error))  # noqa: S301 -- our own bytes
+        message: tuple[object, ...] = (
+            ("error", error, text)
+            if type(copy) is type(error) and str(copy) == str(error)
+            else ("failed", repr(error), text)
+        )
+    except Exception:  # noqa: BLE001 -- whatever the reason, it does not cross
+        message = ("failed", repr(error), text)
+    try:
+        if entries:
+            _send(sender, ("entries", entries))
+        _send(sender, message)
+    except _ParentGoneError:
+        pass

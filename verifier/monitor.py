@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -53,6 +52,7 @@ from tlog.evidence import ForkEvidence, format_fork_evidence, verify_checkpoints
 from tlog.note import Verifier, format_vkey, parse_vkey, verify_messages
 from verifier.client import LogClient, VerifiedTree
 from verifier.offline import TrustPolicy
+from verifier.workers import exit_with_parent
 
 __all__ = [
     "KeyWindow",
@@ -331,22 +331,10 @@ def _pool() -> ProcessPoolExecutor:
         _POOL = ProcessPoolExecutor(
             pool_size(),
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_exit_with_parent,
+            initializer=exit_with_parent,
             initargs=(os.getpid(),),
         )
     return _POOL
-
-
-def _exit_with_parent(parent: int) -> None:
-    """In a worker: exit as soon as the monitor that started it is gone (killed with
-    SIGKILL, its workers would otherwise wait on their queue, and each other, for good)."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 @dataclass(frozen=True, slots=True)

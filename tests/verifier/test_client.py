@@ -7,6 +7,7 @@ client computes must equal tlog's from the tree itself.
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,7 +28,13 @@ from tlog.tiles import (
     parse_tile_path,
     tile_hash_indexes,
 )
-from verifier.client import LogClient, LogUnavailableError, MissingTileError, VerifiedTree
+from verifier.client import (
+    READER_NAME,
+    LogClient,
+    LogUnavailableError,
+    MissingTileError,
+    VerifiedTree,
+)
 
 KEY = SigningKey("log.example/c", b"\x41" * 32)
 SIZE = 70_000 // 100  # 700 entries: two full tiles, a partial one, and a level-1 partial
@@ -171,3 +178,16 @@ def test_missing_tiles_and_outages_are_told_apart() -> None:
         pytest.raises(LogUnavailableError),
     ):
         _tree(client).inclusion_proof(3)
+
+
+def test_a_client_with_a_transport_reads_in_this_process_even_in_child() -> None:
+    """A transport object cannot be rebuilt in a child process: ``in_child`` falls back."""
+    requests: list[str] = []
+    with LogClient("http://log", transport=_transport(requests)) as client:
+        tree = _tree(client)
+        got = []
+        for item in tree.entries(100, SIZE, in_child=True):
+            assert not [p for p in multiprocessing.active_children() if p.name == READER_NAME]
+            got.append(item)
+        assert got == [(i, ENTRIES_DATA[i]) for i in range(100, SIZE)]
+        assert any(r.startswith("tile/entries/") for r in requests)  # fetched here
