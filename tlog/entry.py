@@ -369,26 +369,24 @@ class Receipt:
     logged_at_ms: int | None = None
 
     def __post_init__(self) -> None:
-        # Receipts are checked by the million: the seven patterned strings in one match (no
-        # pattern takes a newline), and only if that fails one by one, to name the field.
-        texts = (self.request_id, self.edge, self.consumer_id, self.token_id, self.creator_id,
-                 self.content_id, self.manifest)  # fmt: skip
-        try:
-            matched = _RECEIPT_TEXTS.fullmatch("\n".join(texts)) is not None
-        except TypeError:  # not all strings
-            matched = False
-        if not matched:
-            for value, (name, pattern) in zip(texts, _RECEIPT_PATTERNS, strict=True):
-                _check_text(value, f"receipt.{name}", pattern)
+        # Receipts are checked by the million: every string field in one match (no pattern
+        # takes a newline), and only if that fails one by one, to name the field.
+        texts: tuple[str, ...] = (
+            self.request_id, self.edge, self.consumer_id, self.token_id, self.creator_id,
+            self.content_id, self.manifest, self.scope, self.cache, self.key_id,
+        )  # fmt: skip
         if self.job_id is not None:
-            _check_text(self.job_id, "receipt.job_id", _ID)
-        _check_choice(self.scope, "receipt.scope", SCOPES)
+            texts += (self.job_id,)
+        try:
+            joined: str | None = "\n".join(texts)
+        except TypeError:  # not all strings
+            joined = None
+        if joined is None or _RECEIPT_TEXTS[len(texts)].fullmatch(joined) is None:
+            for value, (name, pattern) in zip(texts, _RECEIPT_PATTERNS, strict=False):
+                _check_text(value, f"receipt.{name}", pattern)
         _check_int(self.bytes_sent, "receipt.bytes_sent")
-        _check_choice(self.cache, "receipt.cache", CACHE_STATUSES)
         _check_int(self.served_at_ms, "receipt.served_at_ms")
         _check_sample_rate(self.sample_rate)
-        if self.key_id:
-            _check_text(self.key_id, "receipt.key_id", _KEY_ID)
         _check_signature(self.signature, "receipt.signature")
         if self.logged_at_ms is not None:
             _check_int(self.logged_at_ms, "receipt.logged_at_ms")
@@ -437,10 +435,23 @@ class Receipt:
         )
 
 
-_RECEIPT_PATTERNS = (("request_id", _REQUEST_ID), ("edge", _ID), ("consumer_id", _ID),
-                     ("token_id", _ID), ("creator_id", _ID), ("content_id", _DIGEST),
-                     ("manifest", _DIGEST))  # fmt: skip
-_RECEIPT_TEXTS = re.compile("\n".join(f"(?:{p.pattern})" for _, p in _RECEIPT_PATTERNS))
+def _choice(choices: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("|".join(map(re.escape, choices)))
+
+
+_RECEIPT_PATTERNS = (
+    ("request_id", _REQUEST_ID), ("edge", _ID), ("consumer_id", _ID), ("token_id", _ID),
+    ("creator_id", _ID), ("content_id", _DIGEST), ("manifest", _DIGEST),
+    ("scope", _choice(SCOPES)), ("cache", _choice(CACHE_STATUSES)),
+    ("key_id", re.compile(f"(?:{_KEY_ID.pattern})?")), ("job_id", _ID),
+)  # fmt: skip
+"""A receipt's strings and their patterns. The key ID is empty until the receipt is signed;
+the job ID, last, may be absent."""
+_RECEIPT_TEXTS = {
+    n: re.compile("\n".join(f"(?:{p.pattern})" for _, p in _RECEIPT_PATTERNS[:n]))
+    for n in (len(_RECEIPT_PATTERNS) - 1, len(_RECEIPT_PATTERNS))
+}
+"""All of them joined by newlines, without and with a job ID."""
 
 
 def _check_sample_rate(rate: object) -> None:
