@@ -23,7 +23,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from billing.engine import CreatorStatement, Engine, Run, RunPlan
+from billing.engine import CreatorStatement, Engine, Run, RunPlan, collector_paused
 from billing.indexes import LeafIndexLists
 from billing.policy import parse_policy
 from tlog.checkpoint import SignedCheckpoint, signed_time_s
@@ -124,8 +124,9 @@ def replay_statement(
         closing(tree.entries(0, plan.end, in_child=True)) as entries,  # see run_billing
     ):
         engine = Engine(plan, lists, watch=watch)
-        for index, entry in entries:
-            engine.feed(index, entry)
+        with collector_paused():
+            for index, entry in entries:
+                engine.feed(index, entry)
         run = engine.finish()
         mine = _find(run, document.creator_id)
         produced = b"" if mine is None else b"".join(_chunks(run, mine))

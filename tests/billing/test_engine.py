@@ -445,3 +445,34 @@ def test_memory_holds_only_the_window(ledger: Ledger) -> None:
         (statement,) = run.statements
         assert max(held) <= 200  # two days of 50 receipts at most, never the whole range
         assert sum(run.lists.count(k) for k in statement.line_keys) > 0
+
+
+def test_a_pass_runs_with_the_cycle_collector_paused(ledger: Ledger) -> None:
+    """bill() pauses Python's cyclic collector while it reads entries (it finds nothing in
+    them and costs a sixth of a run), and resumes it after, also when the pass fails."""
+    import gc  # noqa: PLC0415
+
+    from billing.engine import bill  # noqa: PLC0415
+    from billing.indexes import LeafIndexLists  # noqa: PLC0415
+
+    ledger.setup()
+    ledger.publish("photo-1", {"training": "0.05"})
+    ledger.receipt("a", T0 + HOUR_MS, job_id="j1")
+    plan = ledger.plan(policy(), T0 + DAY_MS)
+    seen: list[bool] = []
+
+    def entries(fail: bool) -> Any:
+        for index, data in enumerate(ledger.data):
+            seen.append(gc.isenabled())
+            yield index, data
+        if fail:
+            raise VerificationError("the log went away")
+
+    assert gc.isenabled()
+    with LeafIndexLists() as lists:
+        (statement,) = bill(plan, entries(fail=False), lists).statements
+    assert statement.document.lines and seen and not any(seen)
+    assert gc.isenabled()
+    with LeafIndexLists() as lists, pytest.raises(VerificationError):
+        bill(plan, entries(fail=True), lists)
+    assert gc.isenabled()
