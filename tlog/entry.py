@@ -384,9 +384,17 @@ class Receipt:
         if joined is None or _RECEIPT_TEXTS[len(texts)].fullmatch(joined) is None:
             for value, (name, pattern) in zip(texts, _RECEIPT_PATTERNS, strict=False):
                 _check_text(value, f"receipt.{name}", pattern)
-        _check_int(self.bytes_sent, "receipt.bytes_sent")
-        _check_int(self.served_at_ms, "receipt.served_at_ms")
-        _check_sample_rate(self.sample_rate)
+        sent, served, rate = self.bytes_sent, self.served_at_ms, self.sample_rate
+        if not (
+            type(sent) is int
+            and type(served) is int
+            and min(sent, served) >= 0
+            and max(sent, served) <= MAX_SAFE_INTEGER
+        ):
+            _check_int(sent, "receipt.bytes_sent")
+            _check_int(served, "receipt.served_at_ms")
+        if rate != (1, 1) or type(rate[0]) is not int or type(rate[1]) is not int:
+            _check_sample_rate(rate)  # (nearly every receipt is of every delivery)
         _check_signature(self.signature, "receipt.signature")
         if self.logged_at_ms is not None:
             _check_int(self.logged_at_ms, "receipt.logged_at_ms")
