@@ -4,11 +4,12 @@ Owns :class:`LeafIndexLists`, which collects the leaf indices of many lists (one
 one per listed exclusion) as a run finds them, in any order, and gives each list back sorted.
 Memory holds at most ``budget`` indices (8 bytes each) however long the range: a list's
 indices are buffered, sorted and written to a temporary file as a segment when the buffer
-fills (or when all buffers together reach the budget), and reading a list merges its sorted
-segments lazily (``heapq.merge``), a block at a time. The temporary file is deleted on
-:meth:`close`. Imports the standard library only.
+fills (or when all buffers together reach the budget). Reading a list of at most ``whole``
+indices reads its segments at once and sorts them (a run's lines are mostly short); a longer
+list's sorted segments are merged lazily (``heapq.merge``), a block at a time. The temporary
+file is deleted on :meth:`close`. Imports the standard library only.
 
->>> with LeafIndexLists(budget=4, segment=2) as lists:
+>>> with LeafIndexLists(budget=4, segment=2, whole=2) as lists:
 ...     for index in (9, 3, 7, 1, 8):
 ...         lists.add(0, index)
 ...     list(lists.read(0)), lists.count(0)
@@ -35,12 +36,18 @@ class LeafIndexLists:
     """Lists of leaf indices by integer key; see the module docstring."""
 
     def __init__(
-        self, directory: Path | None = None, *, budget: int = 1 << 18, segment: int = 4096
+        self,
+        directory: Path | None = None,
+        *,
+        budget: int = 1 << 18,
+        segment: int = 4096,
+        whole: int = 1 << 16,
     ) -> None:
         fd, name = tempfile.mkstemp(prefix="meterlog-indices-", dir=directory)
         self._file = os.fdopen(fd, "w+b")
         os.unlink(name)  # gone from the directory now; the space is freed at close
         self._budget = budget
+        self._whole = whole
         self._segment = segment
         self._buffers: dict[int, array[int]] = {}
         self._segments: dict[int, list[tuple[int, int]]] = {}
@@ -95,7 +102,14 @@ class LeafIndexLists:
     def read(self, key: int) -> Iterator[int]:
         """The list's indices in increasing order (a list holds each index once)."""
         self._file.flush()
-        sources = [self._segment_items(offset, n) for offset, n in self._segments.get(key, [])]
+        segments = self._segments.get(key, [])
+        if self.count(key) <= self._whole:
+            found = array("q")
+            for offset, n in segments:
+                found.frombytes(os.pread(self._file.fileno(), n * _ITEM, offset))
+            found.extend(self._buffers.get(key, ()))
+            return iter(sorted(found))
+        sources = [self._segment_items(offset, n) for offset, n in segments]
         sources.append(iter(sorted(self._buffers.get(key, ()))))
         return heapq.merge(*sources)
 

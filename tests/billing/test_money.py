@@ -135,10 +135,14 @@ def test_a_policy_must_be_toml() -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 10**9)), max_size=400))
-def test_index_lists_give_back_each_list_sorted(adds: list[tuple[int, int]]) -> None:
+@given(
+    st.lists(st.tuples(st.integers(0, 5), st.integers(0, 10**9)), max_size=400),
+    st.sampled_from([0, 20, 1 << 16]),
+)
+def test_index_lists_give_back_each_list_sorted(adds: list[tuple[int, int]], whole: int) -> None:
+    # whole: every list merged from its segments, the short ones read at once, or all read
     unique = list({index: key for key, index in adds}.items())  # an index is in one list
-    with LeafIndexLists(budget=7, segment=3) as lists:
+    with LeafIndexLists(budget=7, segment=3, whole=whole) as lists:
         for index, key in unique:
             lists.add(key, index)
         for key in range(6):
