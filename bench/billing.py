@@ -21,10 +21,11 @@ A script, not a test: it prints figures and asserts none. Nothing in meterlog im
    runs and after them, the faster kept. Scaled to the run's entries. This is the work
    billing from a log cannot skip: every entry's bytes authenticated and parsed.
 4. The runs: ``meterlog billing run --no-append --no-cache`` as a child process (timed from
-   start to exit, its peak RSS from ``wait4``), through the checkpoint at half the receipts
-   and then through the latest (the whole log). Each fetches every entry bundle and the
-   tiles that authenticate it over loopback, verifies the checkpoint's signature, and
-   writes 100 statements. The policy has a 1-day late limit, 1-hour windows and 10-minute
+   start to exit; its CPU and peak RSS from ``wait4``, which count its entry reader, the
+   child that fetches and authenticates), through the checkpoint at half the receipts and
+   then through the latest (the whole log). Each fetches every entry bundle and the tiles
+   that authenticate it over loopback, verifies the checkpoint's signature, and writes 100
+   statements. The policy has a 1-day late limit, 1-hour windows and 10-minute
    request windows, so what a run holds in memory is about a day of dedup keys, whatever the
    range: the two runs' peak RSS says whether that holds.
 
