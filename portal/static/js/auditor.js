@@ -6,8 +6,8 @@
 
 import { getJSON, getText } from "./api.js";
 import { decodeB64, keyIdHex, openCheckpoint, utf8, verifyConsistency } from "./tlog.js";
-import { loadTrust, trustNote } from "./trust.js";
-import { el, formatCount, formatTime, show, shortHex, stepList, verdict } from "./ui.js";
+import { showTrust } from "./trust.js";
+import { el, failure, formatCount, formatTime, show, shortHex, stepList, verdict } from "./ui.js";
 
 const PAGE_SIZE = 100;
 
@@ -15,10 +15,6 @@ let trust = null;
 /** Every checkpoint loaded so far, newest first, by id: {id, tree_size, root_hash, signed_at_ms, checkpoint}. */
 const loaded = new Map();
 let oldestId = null;
-
-function failure(error) {
-  return el("p", { class: "error", role: "alert" }, error instanceof Error ? error.message : String(error));
-}
 
 function label(c) {
   return `size ${formatCount(c.tree_size)} — ${formatTime(c.signed_at_ms)} (#${c.id})`;
@@ -267,17 +263,13 @@ async function compareForeign(text) {
 }
 
 async function main() {
-  const trustContainer = document.getElementById("trust");
   const first = fetchPage(); // the latest checkpoints load while the key does
   first.catch(() => {});
-  try {
-    trust = await loadTrust();
-  } catch (error) {
-    show(trustContainer, failure(error));
+  trust = await showTrust(document.getElementById("trust"));
+  if (trust === null) {
     document.body.dataset.ready = "error";
     return;
   }
-  trustContainer.replaceWith(trustNote(trust));
   for (const id of ["old", "new"]) {
     document.getElementById(id).addEventListener("change", (event) => {
       event.target.dataset.touched = "yes";

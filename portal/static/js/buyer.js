@@ -11,16 +11,11 @@ import {
   resolveLogKey,
 } from "./bundle.js";
 import { pinnedKey } from "./trust.js";
-import { el, formatCount, formatTime, show, stepList } from "./ui.js";
+import { el, formatCount, formatTime, setStatus, show, stepList } from "./ui.js";
 
 const PAGE = 20;
 const $ = (id) => document.getElementById(id);
 const state = { job: "", logKey: null, edges: null, after: null, shown: 0, failed: 0 };
-
-function setStatus(text, error = false) {
-  $("status").textContent = text;
-  $("status").className = error ? "error" : "status";
-}
 
 function row(index, check) {
   const e = check.entry || {};

@@ -28,7 +28,7 @@ import {
   utf8,
   verifyInclusion,
 } from "./tlog.js";
-import { download, el, formatCount, formatTime, show, stepList, verdict } from "./ui.js";
+import { download, el, formatCount, formatTime, setStatus, show, stepList, verdict } from "./ui.js";
 
 const PAGE_PARAM = Number(new URLSearchParams(location.search).get("limit"));
 const PAGE = Number.isSafeInteger(PAGE_PARAM) && PAGE_PARAM >= 1 && PAGE_PARAM <= 1000 ? PAGE_PARAM : 20;
@@ -151,12 +151,6 @@ function disputeCommand(file, line, reason) {
 }
 
 // -- loading -------------------------------------------------------------------------------------
-
-function setStatus(text, error = false) {
-  const status = $("status");
-  status.textContent = text;
-  status.className = error ? "error" : "status";
-}
 
 async function loadCreators(selected) {
   const { creators } = await getJSON("/v1/creators");

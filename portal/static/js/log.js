@@ -12,8 +12,8 @@ import {
   utf8,
   verifyConsistency,
 } from "./tlog.js";
-import { loadTrust, pinKey, trustNote, unpinKey } from "./trust.js";
-import { el, formatAge, formatCount, formatTime, hex, show, shortHex, stepList } from "./ui.js";
+import { pinKey, showTrust, unpinKey } from "./trust.js";
+import { el, failure, formatAge, formatCount, formatTime, hex, show, shortHex, stepList } from "./ui.js";
 
 const GROWTH_POINTS = 120;
 const ANCHORS_SHOWN = 20;
@@ -28,10 +28,6 @@ const EXPLORERS = {
   42161: "https://arbiscan.io/tx/",
   11155111: "https://sepolia.etherscan.io/tx/",
 };
-
-function failure(error) {
-  return el("p", { class: "error", role: "alert" }, error instanceof Error ? error.message : String(error));
-}
 
 /** Who signed the checkpoint: every signature line, and what it was verified as. */
 async function signers(note, trust, opened) {
@@ -329,17 +325,12 @@ async function main() {
   ];
   const latestNote = getText("/checkpoint"); // verified once the key is loaded
   latestNote.catch(() => {});
-  const trustContainer = document.getElementById("trust");
-  let trust;
-  try {
-    trust = await loadTrust();
-  } catch (error) {
-    show(trustContainer, failure(error));
+  const trust = await showTrust(document.getElementById("trust"));
+  if (trust === null) {
     await Promise.all(untrusted);
     document.body.dataset.ready = "error";
     return;
   }
-  trustContainer.replaceWith(trustNote(trust));
   const checked = showCheckpoint(trust, latestNote).then((cp) =>
     showAnchors(cp).catch((e) => show(document.getElementById("anchors"), failure(e))),
   );

@@ -19,17 +19,13 @@ import {
   verifyInclusion,
   verifyReceipt,
 } from "./tlog.js";
-import { loadTrust, trustNote } from "./trust.js";
-import { download, el, formatCount, formatTime, show, shortHex, stepList, verdict } from "./ui.js";
+import { showTrust } from "./trust.js";
+import { download, el, failure, formatCount, formatTime, show, shortHex, stepList, verdict } from "./ui.js";
 
 const PAGE_SIZE = 20;
 const FINDERS = { request: "request id", content: "content id", consumer: "consumer", job: "job" };
 
 let trust = null;
-
-function failure(error) {
-  return el("p", { class: "error", role: "alert" }, error instanceof Error ? error.message : String(error));
-}
 
 /** Single-quote a word for a POSIX shell (only when it needs it). */
 export function shellQuote(word) {
@@ -348,19 +344,15 @@ async function lookUp(by, value, after = null, pending = null) {
 }
 
 async function main() {
-  const trustContainer = document.getElementById("trust");
   const params = new URLSearchParams(location.search);
   const by = params.get("by") in FINDERS ? params.get("by") : "request";
   // A lookup in the address starts with the log's key, not after it.
   const pending = params.get("q") ? early(query(by, params.get("q"))) : null;
-  try {
-    trust = await loadTrust();
-  } catch (error) {
-    show(trustContainer, failure(error));
+  trust = await showTrust(document.getElementById("trust"));
+  if (trust === null) {
     document.body.dataset.ready = "error";
     return;
   }
-  trustContainer.replaceWith(trustNote(trust));
   const form = document.getElementById("lookup");
   document.getElementById("by").value = by;
   if (params.get("q")) document.getElementById("q").value = params.get("q");

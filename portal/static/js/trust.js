@@ -9,7 +9,7 @@
 
 import { getJSON } from "./api.js";
 import { parseVkey } from "./tlog.js";
-import { el } from "./ui.js";
+import { el, failure, show } from "./ui.js";
 
 const PIN = "meterlog.portal.logKey";
 
@@ -49,6 +49,21 @@ export async function loadTrust() {
     serverKeyDiffers: Boolean(pinned) && pinned !== about.log_key,
     witnesses,
   };
+}
+
+/**
+ * loadTrust(), shown in the page: `container` is replaced by the trust note; if the trust
+ * cannot be loaded, it shows the error instead and the answer is null.
+ */
+export async function showTrust(container) {
+  try {
+    const trust = await loadTrust();
+    container.replaceWith(trustNote(trust));
+    return trust;
+  } catch (error) {
+    show(container, failure(error));
+    return null;
+  }
 }
 
 /** One paragraph naming the key the page verifies with, and where it came from. */

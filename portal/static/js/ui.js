@@ -23,6 +23,18 @@ export function show(container, ...children) {
   container.replaceChildren(...children.flat().filter((c) => c !== undefined && c !== null));
 }
 
+/** An error, as a paragraph announced to screen readers. */
+export function failure(error) {
+  return el("p", { class: "error", role: "alert" }, error instanceof Error ? error.message : String(error));
+}
+
+/** The page's one-line status (#status): what it is loading, or what went wrong. */
+export function setStatus(text, error = false) {
+  const status = document.getElementById("status");
+  status.textContent = text;
+  status.className = error ? "error" : "status";
+}
+
 export const MARKS = { ok: "✓", failed: "✗", skipped: "–" };
 export const WORDS = { ok: "verified", failed: "FAILED", skipped: "not checked" };
 
