@@ -7,25 +7,28 @@ one at 127.0.0.1:5432 (trust auth, user postgres): when it cannot be reached the
 runs are skipped, except under CI (``CI=true``), where they fail. ``new_storage_url`` makes
 more fresh databases of the same kind, for tests that need two.
 
-The module-level helpers (fixed keys, :func:`make_edge_key`, :func:`make_receipt`) are plain
-functions so that every test module here can import them; the fixtures hand out the same
-values.
+The module-level helpers (fixed keys, :func:`make_edge_key`, :func:`make_receipt`, the
+in-process server :func:`started` and :class:`LogUnderTest`) are plain functions and classes
+so that every test module here can import them; the fixtures hand out the same values.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 
+import httpx
 import psycopg2
 import pytest
 from psycopg2 import sql
+from starlette.applications import Starlette
 
 from log_server.sequencer import LogIdentity
 from log_server.storage import Storage
@@ -299,3 +302,37 @@ def edge_key() -> SigningKey:
 def edge_registration() -> EdgeKey:
     """The registration of :data:`EDGE_KEY`, valid from 0 on."""
     return make_edge_key()
+
+
+# -- the server in this process ----------------------------------------------------------------
+
+
+@asynccontextmanager
+async def started(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    """``app`` (``log_server.app.create_app``) started, as uvicorn would start it (its lifespan),
+    and a client that reaches it in this process."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://log.test") as client:
+            yield client
+
+
+@dataclasses.dataclass
+class LogUnderTest:
+    """A started log server (:func:`started`): its client and its data directory."""
+
+    client: httpx.AsyncClient
+    data_dir: Path
+
+    @property
+    def token(self) -> str:
+        return (self.data_dir / "operator.token").read_text().strip()
+
+    @property
+    def admin(self) -> dict[str, str]:
+        """The headers of an operator's request."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+    async def size(self) -> int:
+        size: int = (await self.client.get("/healthz")).json()["tree_size"]
+        return size

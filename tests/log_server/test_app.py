@@ -22,6 +22,7 @@ import pytest
 from log_server.app import create_app
 from log_server.config import Config
 from log_server.openapi import OPENAPI
+from tests.log_server.conftest import LogUnderTest, started
 from tlog.bundle import parse_bundle, verify_bundle
 from tlog.checkpoint import open_checkpoint
 from tlog.entry import Receipt, decode_entry, encode_entry, sign_receipt
@@ -46,26 +47,16 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@dataclasses.dataclass
-class Log:
-    client: httpx.AsyncClient
-    data_dir: Path
-
+class Log(LogUnderTest):
     @property
     def key(self) -> Verifier:
         return parse_vkey((self.data_dir / "log.vkey").read_text().strip())
-
-    @property
-    def token(self) -> str:
-        return (self.data_dir / "operator.token").read_text().strip()
 
     async def register(self, key: SigningKey, **extra: Any) -> httpx.Response:
         body = {"action": "register", "edge": key.name, "key": format_vkey(key.verifier())}
         body["valid_from_ms"] = 0
         body.update(extra)
-        return await self.client.post(
-            "/v1/admin/edge-keys", json=body, headers={"Authorization": f"Bearer {self.token}"}
-        )
+        return await self.client.post("/v1/admin/edge-keys", json=body, headers=self.admin)
 
     async def submit(self, *receipts: Receipt) -> httpx.Response:
         body = "\n".join(encode_entry(r).decode() for r in receipts)
@@ -93,10 +84,8 @@ async def log(storage_url: str, tmp_path: Path) -> AsyncIterator[Log]:
         max_body_bytes=1 << 20,
     )
     app = create_app(config)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://log.test") as client:
-            yield Log(client, config.data_dir)
+    async with started(app) as client:
+        yield Log(client, config.data_dir)
 
 
 def receipt(i: int, key: SigningKey = EDGE, **changes: Any) -> Receipt:
@@ -488,16 +477,14 @@ async def test_an_idle_log_re_signs_its_checkpoint(storage_url: str, tmp_path: P
         checkpoint_interval_s=0.05,
     )
     app = create_app(config)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://log.test") as client:
-            first = (await client.get("/v1/checkpoints")).json()["checkpoints"]
-            history = first
-            for _ in range(200):  # bounded: at most ~10 s
-                history = (await client.get("/v1/checkpoints")).json()["checkpoints"]
-                if len(history) >= len(first) + 2:
-                    break
-                await anyio.sleep(0.05)
+    async with started(app) as client:
+        first = (await client.get("/v1/checkpoints")).json()["checkpoints"]
+        history = first
+        for _ in range(200):  # bounded: at most ~10 s
+            history = (await client.get("/v1/checkpoints")).json()["checkpoints"]
+            if len(history) >= len(first) + 2:
+                break
+            await anyio.sleep(0.05)
     assert len(history) >= len(first) + 2
     assert {(c["tree_size"], c["root_hash"]) for c in history} == {(0, EMPTY_ROOT_B64)}
     times = [c["signed_at_ms"] for c in history]
@@ -510,17 +497,15 @@ async def test_too_much_pending_work_is_503_with_retry_after(
 ) -> None:
     config = Config(data_dir=tmp_path / "data", origin=ORIGIN, db=storage_url, max_pending=2)
     app = create_app(config)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://log.test") as client:
-            log = Log(client, config.data_dir)
-            assert (await log.register(EDGE)).status_code == 200
-            before = await log.snapshot()
-            response = await log.submit(*(receipt(i) for i in range(3)))
-            assert response.status_code == 503
-            assert response.headers["retry-after"] == "1"
-            assert response.json()["error"]["field"] == "log"
-            assert await log.snapshot() == before
+    async with started(app) as client:
+        log = Log(client, config.data_dir)
+        assert (await log.register(EDGE)).status_code == 200
+        before = await log.snapshot()
+        response = await log.submit(*(receipt(i) for i in range(3)))
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        assert response.json()["error"]["field"] == "log"
+        assert await log.snapshot() == before
 
 
 async def test_work_queued_in_the_server_is_bounded_too(storage_url: str, tmp_path: Path) -> None:
@@ -529,24 +514,22 @@ async def test_work_queued_in_the_server_is_bounded_too(storage_url: str, tmp_pa
     # refused at once instead of queueing behind it.
     config = Config(data_dir=tmp_path / "data", origin=ORIGIN, db=storage_url, max_pending=3)
     app = create_app(config)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://log.test") as client:
-            log = Log(client, config.data_dir)
-            assert (await log.register(EDGE)).status_code == 200
-            held = threading.Event()
-            app.state.log.work.submit(held.wait, 30)
-            first = asyncio.ensure_future(log.submit(receipt(0), receipt(1)))
-            for _ in range(500):  # until the first batch is admitted (bounded)
-                if app.state.log.in_flight == 2:
-                    break
-                await asyncio.sleep(0.01)
-            assert app.state.log.in_flight == 2
-            second = await log.submit(receipt(2), receipt(3))
-            assert second.status_code == 503
-            assert second.headers["retry-after"] == "1"
-            assert "2 receipts are already being checked or logged" in second.text
-            held.set()
-            assert (await first).status_code == 200
-            assert app.state.log.in_flight == 0
-            assert (await log.submit(receipt(2), receipt(3))).status_code == 200
+    async with started(app) as client:
+        log = Log(client, config.data_dir)
+        assert (await log.register(EDGE)).status_code == 200
+        held = threading.Event()
+        app.state.log.work.submit(held.wait, 30)
+        first = asyncio.ensure_future(log.submit(receipt(0), receipt(1)))
+        for _ in range(500):  # until the first batch is admitted (bounded)
+            if app.state.log.in_flight == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert app.state.log.in_flight == 2
+        second = await log.submit(receipt(2), receipt(3))
+        assert second.status_code == 503
+        assert second.headers["retry-after"] == "1"
+        assert "2 receipts are already being checked or logged" in second.text
+        held.set()
+        assert (await first).status_code == 200
+        assert app.state.log.in_flight == 0
+        assert (await log.submit(receipt(2), receipt(3))).status_code == 200

@@ -16,6 +16,7 @@ import pytest
 
 from log_server.app import create_app
 from log_server.config import Config
+from tests.log_server.conftest import LogUnderTest, started
 from tlog.bundle import parse_bundle
 from tlog.entry import (
     Dispute,
@@ -47,26 +48,13 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@dataclasses.dataclass
-class Log:
-    client: httpx.AsyncClient
-    data_dir: Path
-
-    @property
-    def admin(self) -> dict[str, str]:
-        token = (self.data_dir / "operator.token").read_text().strip()
-        return {"Authorization": f"Bearer {token}"}
-
+class Log(LogUnderTest):
     async def creator(self, key: SigningKey, currency: str = "USD") -> httpx.Response:
         body = {"creator_id": key.name, "key": format_vkey(key.verifier()), "currency": currency}
         return await self.client.post("/v1/admin/creators", json=body, headers=self.admin)
 
     async def send(self, path: str, entry: Any) -> httpx.Response:
         return await self.client.post(path, content=encode_entry(entry))
-
-    async def size(self) -> int:
-        size: int = (await self.client.get("/healthz")).json()["tree_size"]
-        return size
 
 
 @pytest.fixture
@@ -78,10 +66,8 @@ async def log(storage_url: str, tmp_path: Path) -> AsyncIterator[Log]:
         checkpoint_interval_s=3600, billing_keys=keys,
     )  # fmt: skip
     app = create_app(config)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://log.test") as client:
-            yield Log(client, config.data_dir)
+    async with started(app) as client:
+        yield Log(client, config.data_dir)
 
 
 def manifest(key: SigningKey = ALICE, **changes: Any) -> Manifest:
@@ -313,9 +299,7 @@ async def test_revenue_is_declared_once_per_reference(log: Log) -> None:
 async def test_a_log_without_billing_keys_takes_no_statements(tmp_path: Path) -> None:
     config = Config(data_dir=tmp_path / "data", origin=ORIGIN, pool_interval_s=0.01)
     app = create_app(config)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://log.test") as client:
-            answer = await client.post("/v1/statements", content=encode_entry(statement()))
-            assert answer.status_code == 403
-            assert (await client.get("/v1/billing-keys")).json() == {"billing_keys": []}
+    async with started(app) as client:
+        answer = await client.post("/v1/statements", content=encode_entry(statement()))
+        assert answer.status_code == 403
+        assert (await client.get("/v1/billing-keys")).json() == {"billing_keys": []}

@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from log_server.app import create_app
 from log_server.config import Config
+from tests.log_server.conftest import LogUnderTest, started
 from tests.tlog.test_statement import document
 from tlog.bundle import parse_bundle
 from tlog.entry import (
@@ -48,24 +48,13 @@ def anyio_backend() -> str:
 
 
 @dataclasses.dataclass
-class Log:
-    client: httpx.AsyncClient
-    data_dir: Path
+class Log(LogUnderTest):
     runs: Path
-
-    @property
-    def admin(self) -> dict[str, str]:
-        token = (self.data_dir / "operator.token").read_text().strip()
-        return {"Authorization": f"Bearer {token}"}
 
     @property
     def trust(self) -> TrustPolicy:
         key = parse_vkey((self.data_dir / "log.vkey").read_text().strip())
         return TrustPolicy(log_keys=(key,))
-
-    async def size(self) -> int:
-        size: int = (await self.client.get("/healthz")).json()["tree_size"]
-        return size
 
 
 @pytest.fixture
@@ -79,10 +68,8 @@ async def log(storage_url: str, tmp_path: Path) -> AsyncIterator[Log]:
         checkpoint_interval_s=3600, billing_keys=keys, statements_dir=runs,
     )  # fmt: skip
     app = create_app(config)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://log.test") as client:
-            yield Log(client, config.data_dir, runs)
+    async with started(app) as client:
+        yield Log(client, config.data_dir, runs)
 
 
 def receipt(i: int, **changes: Any) -> Receipt:
