@@ -52,6 +52,19 @@ _ERROR = {
 _JSON = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
 _BYTES = {"description": "OK", "content": {"application/octet-stream": {}}}
 _TEXT = {"description": "OK", "content": {"text/plain": {}}}
+_PAGES_BOTH_WAYS = [
+    _int("after", "the last id already seen (oldest first)"),
+    _int("before", "the last id already seen (order=desc)"),
+    {
+        "name": "order",
+        "in": "query",
+        "required": False,
+        "description": "asc (default) or desc",
+        "schema": {"type": "string", "enum": ["asc", "desc"]},
+    },
+    _int("limit", "page size"),
+]
+"""The paging of a history read oldest first (after) or newest first (order=desc, before)."""
 
 
 def _get(summary: str, parameters: list[dict[str, Any]], ok: dict[str, Any]) -> dict[str, Any]:
@@ -218,16 +231,7 @@ OPENAPI: dict[str, Any] = {
             "Published checkpoints, oldest first (paged by after), or newest first with "
             "order=desc (paged by before)",
             [
-                _int("after", "the last id already seen (oldest first)"),
-                _int("before", "the last id already seen (order=desc)"),
-                {
-                    "name": "order",
-                    "in": "query",
-                    "required": False,
-                    "description": "asc (default) or desc",
-                    "schema": {"type": "string", "enum": ["asc", "desc"]},
-                },
-                _int("limit", "page size"),
+                *_PAGES_BOTH_WAYS,
             ],
             _JSON,
         ),
@@ -249,16 +253,7 @@ OPENAPI: dict[str, Any] = {
             "Anchors of checkpoints on an Ethereum chain, oldest first (or newest first with "
             "order=desc), and where the log anchors (anchoring is null when it does not)",
             [
-                _int("after", "the last id already seen (oldest first)"),
-                _int("before", "the last id already seen (order=desc)"),
-                {
-                    "name": "order",
-                    "in": "query",
-                    "required": False,
-                    "description": "asc (default) or desc",
-                    "schema": {"type": "string", "enum": ["asc", "desc"]},
-                },
-                _int("limit", "page size"),
+                *_PAGES_BOTH_WAYS,
                 {
                     "name": "status",
                     "in": "query",
