@@ -209,6 +209,8 @@ class Engine:
         self._last_run: tuple[int, int, int] | None = None
         self._periods: list[int] = []
         self._open: dict[tuple[str, int], tuple[str, str, int]] = {}
+        self._dispute_latest: dict[tuple[str, int], int] = {}
+        """The index of each disputed line's latest dispute entry: the one a next follows."""
         self._revenue: dict[str, list[tuple[int, int]]] = defaultdict(list)
         self._upfront: list[tuple[int, str]] = []
         self._horizon = -(1 << 62)
@@ -272,7 +274,11 @@ class Engine:
         return True
 
     def _creator(self, index: int, entry: Creator) -> None:
-        if self._operator_signed(index, entry):
+        current = self._creators.get(entry.creator_id)
+        latest = None if current is None else current[2]
+        if entry.follows != latest:
+            self._problem(index, f"creator entry follows {entry.follows}, not {latest}")
+        elif self._operator_signed(index, entry):
             self._creators[entry.creator_id] = (entry.key, entry.currency, index)
 
     def _manifest(self, index: int, entry: Manifest) -> None:
@@ -322,11 +328,19 @@ class Engine:
             series.holds[entry.digest] = (entry.reserve_minor, entry.reserve_release_ms)
 
     def _dispute(self, index: int, entry: Dispute) -> None:
+        """Open or close a line's dispute, by the log's rule: an entry that does not follow
+        the line's latest one (an open while open, a close while closed, an old entry
+        re-posted) changes nothing, and is a problem."""
         key = (entry.statement, entry.line)
+        latest = self._dispute_latest.get(key)
+        if (entry.action == "open") == (key in self._open) or entry.follows != latest:
+            self._problem(index, f"dispute {entry.action} follows {entry.follows}, not {latest}")
+            return
+        self._dispute_latest[key] = index
         if entry.action == "open":
             self._open[key] = (entry.creator_id, entry.reason, index)
         else:
-            self._open.pop(key, None)
+            del self._open[key]
 
     def _declared(self, index: int, entry: Revenue) -> None:
         if not self._operator_signed(index, entry):

@@ -27,12 +27,16 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from urllib.parse import urlencode
+
+import httpx
 
 from billing.policy import BillingPolicy, parse_policy
 from billing.replay import replay_statement, verify_statement_file
 from billing.run import AppendRefusedError, RunReport, run_billing
 from cli.anchor import _verify_parser
 from cli.catalog import send_entry
+from cli.client import LogUnavailableError, answer_json, error_text, get, log_url
 from cli.keys import read_signing_key
 from tlog.entry import Dispute, encode_entry, sign_dispute
 from tlog.errors import MalformedError
@@ -41,6 +45,7 @@ from tlog.statement import parse_statement, statement_digest
 from verifier.cli import (
     EXIT_FAILED,
     EXIT_OK,
+    EXIT_UNAVAILABLE,
     UsageError,
     _add_online_flags,
     _add_policy_flags,
@@ -187,12 +192,25 @@ def _run_dispute(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--key-file: the key is {key.name}'s, the statement {document.creator_id}'s"
         )
+    digest = statement_digest(_read(args.statement))
+    latest = _latest_dispute(args, document.creator_id, digest)
+    if isinstance(latest, int):
+        return latest
+    if args.withdraw:
+        if latest is None or latest[1] is not None:
+            print(
+                f"meterlog: line {args.line} of {args.statement} has no open dispute to withdraw",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+        follows: int | None = latest[0]  # the open it closes
+    else:
+        follows = None if latest is None else latest[1]  # the line's latest close
     try:
         dispute = sign_dispute(
             Dispute(
                 action="close" if args.withdraw else "open", creator_id=document.creator_id,
-                statement=statement_digest(_read(args.statement)), line=args.line,
-                reason=args.reason,
+                statement=digest, line=args.line, reason=args.reason, follows=follows,
             ),
             key,
         )  # fmt: skip
@@ -200,6 +218,41 @@ def _run_dispute(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     what = f"dispute of line {args.line}" + (" (withdrawn)" if args.withdraw else "")
     return send_entry(args, "/v1/disputes", encode_entry(dispute), what)
+
+
+def _latest_dispute(
+    args: argparse.Namespace, creator_id: str, digest: str
+) -> tuple[int, int | None] | int | None:
+    """The (opened_index, closed_index) of the latest dispute of ``args.line`` as the log
+    lists it (None: the line was never disputed), which a new dispute entry must follow;
+    or the exit code when the log cannot say."""
+    query = urlencode({"creator": creator_id, "statement": digest})
+    url = f"{log_url(args.log)}/v1/disputes?{query}"
+    try:
+        with httpx.Client(timeout=args.timeout) as client:
+            response = get(url, client)
+            if response.status_code != 200:
+                print(
+                    f"meterlog: the log refused the dispute list (HTTP {response.status_code}): "
+                    f"{error_text(response)}",
+                    file=sys.stderr,
+                )
+                return EXIT_FAILED
+            listed = answer_json(response).get("disputes")
+    except LogUnavailableError as exc:
+        print(f"meterlog: the log is unavailable: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    found: tuple[int, int | None] | None = None
+    for row in listed if isinstance(listed, list) else []:
+        if not isinstance(row, dict) or row.get("line") != args.line:
+            continue
+        opened, closed = row.get("opened_index"), row.get("closed_index")
+        if not isinstance(opened, int) or not (closed is None or isinstance(closed, int)):
+            print(f"meterlog: the log's dispute list is malformed: {row!r}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        if found is None or opened > found[0]:
+            found = (opened, closed)
+    return found
 
 
 def _run_verify_statement(args: argparse.Namespace) -> int:
@@ -294,9 +347,10 @@ def add_billing_commands(subparsers: argparse._SubParsersAction[argparse.Argumen
         "dispute",
         help="dispute a line of your statement (a dispute entry signed by your key)",
         description="Log a creator-signed dispute entry naming the statement's digest and a "
-        "line. The next run lists it, and the statement's reserve is not released while it "
-        "is open. --withdraw closes it. Exit codes: 0 logged, 1 refused by the log, 2 usage "
-        "error, 3 log unavailable.",
+        "line, and the line's latest dispute entry it follows (read from the log's "
+        "/v1/disputes). The next run lists it, and the statement's reserve is not released "
+        "while it is open. --withdraw closes it. Exit codes: 0 logged, 1 refused by the log, "
+        "2 usage error, 3 log unavailable.",
     )
     dispute.add_argument("statement", metavar="STATEMENT")
     dispute.add_argument("--line", required=True, type=int, metavar="N", help="the line, from 1")

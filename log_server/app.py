@@ -16,6 +16,7 @@ import json
 import re
 import time
 import zipfile
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -31,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from log_server.budgets import Budgets
 from log_server.catalog import (
     admin_fields,
     creator_json,
@@ -39,6 +41,7 @@ from log_server.catalog import (
     query_text,
     revenue_json,
     statement_json,
+    verified_signer,
 )
 from log_server.config import Config, DataDir, read_billing_keys
 from log_server.documents import StatementDocuments
@@ -106,6 +109,54 @@ def _now_s() -> int:
     return time.time_ns() // 1_000_000_000
 
 
+@dataclass(frozen=True, slots=True)
+class _SignerBudgets:
+    """How fast one signer may grow the log through the routes without a token, per server
+    process (log_server.budgets): receipts per edge, manifests and disputes per creator,
+    statements per billing key."""
+
+    receipts: Budgets
+    creators: Budgets
+    statements: Budgets
+
+    @classmethod
+    def of(cls, config: Config) -> _SignerBudgets:
+        return cls(
+            Budgets(config.receipt_rate, config.receipt_burst),
+            Budgets(config.creator_rate, config.creator_burst),
+            Budgets(config.statement_rate, config.statement_burst),
+        )
+
+
+class _OverBudgetError(Exception):
+    """A signer is over its budget: 429, with Retry-After."""
+
+    def __init__(self, field: str, reason: str, retry_after_s: int) -> None:
+        super().__init__(reason)
+        self.field = field
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+def _admit(budgets: Budgets, counts: Mapping[str, int], field: str, what: str) -> None:
+    """Admit a request of ``counts[signer]`` entries per verified signer, or raise
+    _OverBudgetError naming ``field``; ``what`` the entries, for the message."""
+    over = budgets.admit(counts, time.monotonic())
+    if over is not None:
+        raise _OverBudgetError(
+            field,
+            f"{over.signer} is over its budget of {budgets.rate_per_s:g} {what} a second "
+            f"(burst {budgets.burst}); retry after {over.retry_after_s} s",
+            over.retry_after_s,
+        )
+
+
+def _charge(budgets: Budgets, signers: Sequence[str], appended: Sequence[bool]) -> None:
+    """Charge each signer for its entries the seal appended (not duplicates, not refusals)."""
+    counts = Counter(signer for signer, new in zip(signers, appended, strict=True) if new)
+    budgets.charge(counts, time.monotonic())
+
+
 @dataclass
 class _State:
     config: Config
@@ -118,6 +169,7 @@ class _State:
     answers): concurrent batches queue for it instead of crowding the sequencer's thread
     off the GIL."""
     signatures: SignatureChecker
+    budgets: _SignerBudgets
     in_flight: int = 0
     """Receipts of submissions between arrival and answer (checked, pooled or answered):
     kept at most ``max_pending``, so the work queued in the server is bounded too."""
@@ -307,7 +359,8 @@ async def submit_receipts(request: Request) -> Response:
     """Validate a batch, pool the valid receipts, and answer after the seal that logs them.
 
     200 with one result per receipt, in order; 422 (same body) when every receipt was
-    rejected; 400/413 when the batch itself cannot be read; 503 when the log is overloaded.
+    rejected; 400/413 when the batch itself cannot be read; 503 when the log is overloaded;
+    429 when an edge of the batch is over its budget (nothing is pooled).
     """
     state = _state(request)
     config = state.config
@@ -321,7 +374,11 @@ async def submit_receipts(request: Request) -> Response:
         results, valid = await _validate_all(items, state, _now_ms())
         del body, items  # only the checked receipts wait for the seal
         if valid:
+            edges = [receipt.edge for _, receipt in valid]
+            _admit(state.budgets.receipts, Counter(edges), "receipt.edge", "receipts")
             outcomes, checkpoint = await state.pool.submit([receipt for _, receipt in valid])
+            appended = [isinstance(o, Logged) and not o.duplicate for o in outcomes]
+            _charge(state.budgets.receipts, edges, appended)
             answers = await _on_work_thread(state, _answers, state, outcomes, checkpoint)
             for (position, _), answer in zip(valid, answers, strict=True):
                 results[position] = answer
@@ -417,6 +474,25 @@ async def _log_one(state: _State, entry: Entry) -> Response:
     return _JSON(answer, status_code=_status_of(answer))
 
 
+async def _log_charged(
+    state: _State, entries: list[Manifest | Dispute | Statement], budgets: Budgets, field: str
+) -> list[dict[str, object]]:
+    """Log signed entries of a route without a token under their signers' budgets: admitted
+    by the budgets of the signers whose signatures verify (429 naming ``field`` when one is
+    over it; nothing is pooled then), and charged for what the seal appended."""
+    signers = await asyncio.to_thread(lambda: [verified_signer(state.storage, e) for e in entries])
+    _admit(budgets, Counter(s for s in signers if s is not None), field, "entries")
+    answers = await _log_entries(state, list(entries))
+    appended = [answer["status"] == "logged" for answer in answers]
+    _charge(budgets, [_signer_of(e) for e in entries], appended)
+    return answers
+
+
+def _signer_of(entry: Manifest | Dispute | Statement) -> str:
+    """Whose budget an appended entry spends (the log verified its signature)."""
+    return entry.billing_key if isinstance(entry, Statement) else entry.creator_id
+
+
 async def _json_body(request: Request) -> object:
     body = await _read_body(request, 64 << 10)
     return json.loads(body, parse_float=_reject_float, parse_constant=_reject_float)
@@ -435,13 +511,18 @@ def _signed_entry(item: object, kind: type[_E]) -> _E:
 
 async def admin_creator(request: Request) -> Response:
     """Register a creator (or rotate its key, or change its currency): a ``creator`` entry
-    signed by the operator key."""
+    signed by the operator key, which ``follows`` the registration in force (unless the
+    body names the one it means to replace)."""
     state = _state(request)
     _authorize(request, state)
     fields = admin_fields(
         await _json_body(request), "creator",
-        {"creator_id": str, "key": str, "currency": str}, ("creator_id", "key", "currency"),
+        {"creator_id": str, "key": str, "currency": str, "follows": int},
+        ("creator_id", "key", "currency"),
     )  # fmt: skip
+    if "follows" not in fields:
+        current = await asyncio.to_thread(state.storage.billing.creator, str(fields["creator_id"]))
+        fields["follows"] = None if current is None else current.entry_index
     entry = sign_creator(Creator(**fields), state.keys.operator_key)  # type: ignore[arg-type]
     return await _log_one(state, entry)
 
@@ -450,7 +531,9 @@ async def submit_manifest(request: Request) -> Response:
     """A creator-signed ``manifest`` entry (publish or withdraw); no token: the signature by
     the creator's registered key is the authority."""
     state = _state(request)
-    return await _log_one(state, _signed_entry(await _json_body(request), Manifest))
+    entry = _signed_entry(await _json_body(request), Manifest)
+    (answer,) = await _log_charged(state, [entry], state.budgets.creators, "manifest.creator_id")
+    return _JSON(answer, status_code=_status_of(answer))
 
 
 async def submit_dispute(request: Request) -> Response:
@@ -459,18 +542,30 @@ async def submit_dispute(request: Request) -> Response:
     entry = _signed_entry(await _json_body(request), Dispute)
     if entry.by != "creator":
         raise MalformedError("dispute.by", "the operator resolves disputes on the admin route")
-    return await _log_one(state, entry)
+    (answer,) = await _log_charged(state, [entry], state.budgets.creators, "dispute.creator_id")
+    return _JSON(answer, status_code=_status_of(answer))
 
 
 async def admin_resolve_dispute(request: Request) -> Response:
-    """Close an open dispute as resolved: a ``dispute`` entry signed by the operator."""
+    """Close an open dispute as resolved: a ``dispute`` entry signed by the operator, which
+    ``follows`` the line's latest open (unless the body names the open it closes). Sent
+    again with the same reason, it is the same entry: ``duplicate``."""
     state = _state(request)
     _authorize(request, state)
     fields = admin_fields(
         await _json_body(request), "dispute",
-        {"creator_id": str, "statement": str, "line": int, "reason": str},
+        {"creator_id": str, "statement": str, "line": int, "reason": str, "follows": int},
         ("creator_id", "statement", "line", "reason"),
     )  # fmt: skip
+    if "follows" not in fields:
+        line = fields["line"]
+        assert isinstance(line, int)  # noqa: S101 -- admin_fields checked it
+        disputes = await asyncio.to_thread(
+            state.storage.billing.disputes, statement=str(fields["statement"]), line=line
+        )
+        if not disputes:
+            return _error(409, "dispute.line", "has no dispute to close")
+        fields["follows"] = disputes[-1].opened_index
     dispute = Dispute(action="close", by="operator", **fields)  # type: ignore[arg-type]
     return await _log_one(state, sign_dispute(dispute, state.keys.operator_key))
 
@@ -500,13 +595,13 @@ async def submit_statements(request: Request) -> Response:
     config = state.config
     body = await _read_body(request, config.max_body_bytes)
     items = _parse_batch(body, request.headers.get("content-type", ""), config.max_batch_receipts)
-    entries: list[Entry] = []
+    entries: list[Manifest | Dispute | Statement] = []
     for item in items:
         entry = _signed_entry(item, Statement)
         if entry.billing_key not in state.billing_keys:
             raise HTTPException(403, f"{entry.billing_key} is not a billing key of this log")
         entries.append(entry)
-    answers = await _log_entries(state, entries)
+    answers = await _log_charged(state, entries, state.budgets.statements, "statement.billing_key")
     status = max(_status_of(answer) for answer in answers)
     return _JSON({"results": answers}, status_code=status)
 
@@ -1146,6 +1241,13 @@ async def _http(request: Request, exc: Exception) -> Response:
     return _error(exc.status_code, "request", str(exc.detail))
 
 
+async def _over_budget(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, _OverBudgetError)  # noqa: S101
+    response = _error(429, exc.field, exc.reason)
+    response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
+
+
 async def _overloaded(request: Request, exc: Exception) -> Response:
     response = _error(503, "log", str(exc))
     response.headers["Retry-After"] = "1"
@@ -1270,6 +1372,7 @@ def create_app(config: Config) -> Starlette:
             metrics,
             work,
             signatures,
+            _SignerBudgets.of(config),
             witnessing=witnessing,
             anchoring=anchoring,
             billing_keys=billing_keys,
@@ -1341,6 +1444,7 @@ def create_app(config: Config) -> Starlette:
         MalformedError: _malformed,
         HTTPException: _http,
         OverloadedError: _overloaded,
+        _OverBudgetError: _over_budget,
         json.JSONDecodeError: _bad_json,
         UnicodeDecodeError: _bad_json,
     }

@@ -11,9 +11,9 @@ Who may append what, and how the log checks it:
 ====================  ======================================  ===================================
 kind                  signed by (submitted through)           checked in the sequencer's lock
 ====================  ======================================  ===================================
-``creator``           the operator key (admin route: the      nothing more: the operator speaks
-                      server signs it)                        for itself; a registration that
-                                                              changes nothing is refused
+``creator``           the operator key (admin route: the      it follows the registration in
+                      server signs it)                        force (``follows``); a registration
+                                                              that changes nothing is refused
 ``manifest``          the creator's key (public route, no     the creator is registered and its
                       token)                                  key *as registered now* signed it;
                                                               a content_id belongs to the first
@@ -33,16 +33,27 @@ kind                  signed by (submitted through)           checked in the seq
                                                               ``released`` names unreleased
                                                               reserves of the same creator
 ``dispute`` (open)    the creator's key (public route)        a statement of that creator, a line
-                                                              it has, no open dispute on the line
-``dispute`` (close)   the creator (withdrawn, public route)   an open dispute on the line
-                      or the operator (resolved, admin
+                                                              it has, no open dispute on the line;
+                                                              ``follows`` is the line's latest
+                                                              close (absent the first time)
+``dispute`` (close)   the creator (withdrawn, public route)   an open dispute on the line;
+                      or the operator (resolved, admin        ``follows`` is that open's index
                       route: the server signs it)
 ``revenue``           the operator key (admin route)          one declaration per (consumer,
                                                               reference)
 ====================  ======================================  ===================================
 
-An entry already logged with the same signed fields (a resubmission after a lost answer) is
-answered ``duplicate`` with its original index, as receipts are.
+No entry can change a state twice. Each kind binds what it changes: it names something that
+is logged once (a manifest or statement digest, a (consumer, reference)), or changes a state
+one way only (a withdrawal), or names the entry it follows (``follows``: a creator's
+registration in force; a dispute line's latest entry), which must be the latest as the
+registries stand. And an exact re-post of any logged entry, an old one included, is answered
+``duplicate`` with its original index and appends nothing, whatever the registries say now
+(the sequencer finds it by its signed message, before these rules are asked).
+docs/design/billing.md has the survey of every signed kind and route.
+
+How fast one signer may grow the log through the routes without a token is
+log_server.budgets'; :func:`verified_signer` says whose budget an entry spends.
 """
 
 from __future__ import annotations
@@ -66,7 +77,6 @@ from tlog.entry import (
     Manifest,
     Revenue,
     Statement,
-    decode_entry,
     verify_dispute,
     verify_manifest,
     verify_statement,
@@ -76,7 +86,6 @@ from tlog.note import parse_vkey
 
 __all__ = [
     "CATALOG_KINDS",
-    "Duplicate",
     "Refusal",
     "admin_fields",
     "apply_catalog",
@@ -87,6 +96,7 @@ __all__ = [
     "query_text",
     "revenue_json",
     "statement_json",
+    "verified_signer",
 ]
 
 CatalogEntry = Creator | Manifest | Statement | Dispute | Revenue
@@ -101,23 +111,6 @@ class Refusal:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Duplicate:
-    """The same entry (same signed fields) is logged at ``index`` already."""
-
-    index: int
-
-
-EntryAt = Callable[[int], bytes]
-"""The bytes of the logged entry at an index (the sequencer's batch included)."""
-
-
-def _same_entry(entry_at: EntryAt, index: int, entry: CatalogEntry) -> Duplicate | None:
-    """``Duplicate`` if the entry at ``index`` has exactly ``entry``'s signed fields."""
-    logged = decode_entry(entry_at(index))
-    return Duplicate(index) if logged.signed_fields() == entry.signed_fields() else None
-
-
 def _signature(check: Callable[[], None], field: str) -> Refusal | None:
     """Run a ``verify_*`` call (given as a thunk); its failure as a refusal of ``field``."""
     try:
@@ -127,27 +120,36 @@ def _signature(check: Callable[[], None], field: str) -> Refusal | None:
     return None
 
 
-def catalog_problem(
-    storage: Storage, entry: CatalogEntry, tree_size: int, entry_at: EntryAt
-) -> Refusal | Duplicate | None:
-    """Why ``entry`` cannot be logged now (or that it already is); None if it can.
+def catalog_problem(storage: Storage, entry: CatalogEntry, tree_size: int) -> Refusal | None:
+    """Why ``entry`` cannot be logged now; None if it can. (An exact re-post of a logged
+    entry never gets here: the sequencer answers it ``duplicate`` first.)
 
     ``tree_size`` is the size of the tree the last checkpoint committed to: statements may
-    only bill entries below it. ``entry_at`` reads a logged entry, for duplicates.
+    only bill entries below it.
     """
     if isinstance(entry, Creator):
         return _creator_problem(storage, entry)
     if isinstance(entry, Manifest):
-        return _manifest_problem(storage, entry, entry_at)
+        return _manifest_problem(storage, entry)
     if isinstance(entry, Statement):
-        return _statement_problem(storage, entry, tree_size, entry_at)
+        return _statement_problem(storage, entry, tree_size)
     if isinstance(entry, Dispute):
         return _dispute_problem(storage, entry)
-    return _revenue_problem(storage, entry, entry_at)
+    return _revenue_problem(storage, entry)
+
+
+def _follows_problem(kind: str, follows: int | None, latest: int | None, what: str) -> Refusal:
+    """The refusal of an entry whose ``follows`` is not ``latest``, the index of ``what``."""
+    if latest is None:
+        return Refusal(f"{kind}.follows", f"{follows}: there is no {what}; leave follows out")
+    return Refusal(f"{kind}.follows", f"{follows}: the {what} is at index {latest}")
 
 
 def _creator_problem(storage: Storage, entry: Creator) -> Refusal | None:
     current = storage.billing.creator(entry.creator_id)
+    latest = None if current is None else current.entry_index
+    if entry.follows != latest:
+        return _follows_problem("creator", entry.follows, latest, "creator's registration")
     if current is not None and (current.vkey, current.currency) == (entry.key, entry.currency):
         return Refusal("creator.key", "the creator is registered with this key and currency")
     return None
@@ -160,9 +162,7 @@ def _registered_key(storage: Storage, kind: str, creator_id: str) -> CreatorReco
     return creator
 
 
-def _manifest_problem(
-    storage: Storage, entry: Manifest, entry_at: EntryAt
-) -> Refusal | Duplicate | None:
+def _manifest_problem(storage: Storage, entry: Manifest) -> Refusal | None:
     creator = _registered_key(storage, "manifest", entry.creator_id)
     if isinstance(creator, Refusal):
         return creator
@@ -178,14 +178,10 @@ def _manifest_problem(
         ):  # fmt: skip
             return Refusal("manifest.manifest", "names no version this creator published")
         if known.withdrawn_index is not None:
-            return _same_entry(entry_at, known.withdrawn_index, entry) or Refusal(
-                "manifest.manifest", f"was withdrawn at index {known.withdrawn_index}"
-            )
+            return Refusal("manifest.manifest", f"was withdrawn at index {known.withdrawn_index}")
         return None
     if known is not None:
-        return _same_entry(entry_at, known.entry_index, entry) or Refusal(
-            "manifest.manifest", f"is published already, at index {known.entry_index}"
-        )
+        return Refusal("manifest.manifest", f"is published already, at index {known.entry_index}")
     latest = billing.latest_version(entry.content_id)
     if latest is not None:
         if latest.creator_id != entry.creator_id:
@@ -197,9 +193,7 @@ def _manifest_problem(
     return None
 
 
-def _statement_problem(
-    storage: Storage, entry: Statement, tree_size: int, entry_at: EntryAt
-) -> Refusal | Duplicate | None:
+def _statement_problem(storage: Storage, entry: Statement, tree_size: int) -> Refusal | None:
     refused = _signature(
         lambda: verify_statement(entry, parse_vkey(entry.billing_key)), "statement.signature"
     )
@@ -208,9 +202,7 @@ def _statement_problem(
     billing = storage.billing
     known = billing.statement(entry.digest)
     if known is not None:
-        return _same_entry(entry_at, known.entry_index, entry) or Refusal(
-            "statement.digest", f"is logged already, at index {known.entry_index}"
-        )
+        return Refusal("statement.digest", f"is logged already, at index {known.entry_index}")
     if billing.creator(entry.creator_id) is None:
         return Refusal("statement.creator_id", f"{entry.creator_id} is not a registered creator")
     if entry.range_end > tree_size:
@@ -267,27 +259,53 @@ def _dispute_problem(storage: Storage, entry: Dispute) -> Refusal | None:
         refused = _signature(lambda: verify_dispute(entry, key), "dispute.signature")
         if refused is not None:
             return refused
-    open_now = [
-        d
-        for d in billing.disputes(statement=entry.statement, open_only=True)
-        if d.line == entry.line
-    ]
-    if entry.action == "open" and open_now:
-        return Refusal("dispute.line", f"is disputed already (index {open_now[0].opened_index})")
-    if entry.action == "close" and not open_now:
+    line = billing.disputes(statement=entry.statement, line=entry.line)
+    last = line[-1] if line else None
+    if entry.action == "open":
+        if last is not None and last.closed_index is None:
+            return Refusal("dispute.line", f"is disputed already (index {last.opened_index})")
+        latest = None if last is None else last.closed_index
+        if entry.follows != latest:
+            return _follows_problem("dispute", entry.follows, latest, "line's latest close")
+        return None
+    if last is None or last.closed_index is not None:
         return Refusal("dispute.line", "has no open dispute")
+    if entry.follows != last.opened_index:
+        return _follows_problem("dispute", entry.follows, last.opened_index, "open dispute")
     return None
 
 
-def _revenue_problem(
-    storage: Storage, entry: Revenue, entry_at: EntryAt
-) -> Refusal | Duplicate | None:
+def _revenue_problem(storage: Storage, entry: Revenue) -> Refusal | None:
     known = storage.billing.revenue(entry.consumer_id, entry.reference)
     if known:
-        return _same_entry(entry_at, known[0].entry_index, entry) or Refusal(
-            "revenue.reference", f"is declared already, at index {known[0].entry_index}"
-        )
+        return Refusal("revenue.reference", f"is declared already, at index {known[0].entry_index}")
     return None
+
+
+def verified_signer(storage: Storage, entry: Manifest | Dispute | Statement) -> str | None:
+    """Who signed ``entry``, if the signature verifies now: the creator's id (a manifest, or
+    a dispute ``by`` the creator) by the creator's key as registered now, or the billing key
+    a statement names (its vkey). None when it does not verify; the sequencer then refuses
+    the entry. A route charges an entry to its verified signer's budget only, so that no one
+    spends another signer's (log_server.budgets)."""
+    if isinstance(entry, Statement):
+        try:
+            verify_statement(entry, parse_vkey(entry.billing_key))
+        except (VerificationError, MalformedError):
+            return None
+        return entry.billing_key
+    creator = storage.billing.creator(entry.creator_id)
+    if creator is None or (isinstance(entry, Dispute) and entry.by != "creator"):
+        return None
+    try:
+        key = parse_vkey(creator.vkey)
+        if isinstance(entry, Manifest):
+            verify_manifest(entry, key)
+        else:
+            verify_dispute(entry, key)
+    except (VerificationError, MalformedError):
+        return None
+    return entry.creator_id
 
 
 def apply_catalog(storage: Storage, entry: Entry, index: int, logged_at_ms: int) -> None:

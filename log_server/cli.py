@@ -128,6 +128,22 @@ def _count(value: str) -> int:
     return int(value)
 
 
+def _rate(value: str) -> float:
+    try:
+        rate = float(value)
+    except ValueError:
+        raise ValueError("not a number per second") from None
+    if not math.isfinite(rate) or rate <= 0:
+        raise ValueError("must be a positive number per second")
+    return rate
+
+
+def _burst(value: str) -> int:
+    if not value.isdigit() or str(int(value)) != value or int(value) == 0:
+        raise ValueError("not a whole number from 1")
+    return int(value)
+
+
 def _rpc(value: str) -> str:
     if value == "eth-tester":
         return value
@@ -256,6 +272,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("statements", "DIR", "billing runs' output directory (or a parent of several): "
            "the log serves the statement documents in it whose digest it has logged",
            _directory, (str,), None, "statements_dir", "none: no documents"),
+    Option("receipt_rate", "N", "receipts per second one edge may have logged (POST "
+           "/v1/receipts; over it: 429)", _rate, (int, float), "50000", "receipt_rate"),
+    Option("receipt_burst", "N", "receipts one edge may have logged at once",
+           _burst, (int,), "100000", "receipt_burst"),
+    Option("creator_rate", "N", "manifests and disputes per second one creator may have "
+           "logged (POST /v1/manifests, /v1/disputes; over it: 429)", _rate, (int, float),
+           "10", "creator_rate"),
+    Option("creator_burst", "N", "manifests and disputes one creator may have logged at once",
+           _burst, (int,), "100", "creator_burst"),
+    Option("statement_rate", "N", "statements per second one billing key may have logged "
+           "(POST /v1/statements; over it: 429)", _rate, (int, float), "100",
+           "statement_rate"),
+    Option("statement_burst", "N", "statements one billing key may have logged at once (a "
+           "run logs one per creator)", _burst, (int,), "100000", "statement_burst"),
     Option("witness_interval", "S", "seconds between rounds of witness submissions",
            _seconds, (int, float), "1", "witness_interval_s"),
     Option("anchor_rpc", "URL", "anchor checkpoints on this chain: an http(s) JSON-RPC URL, "

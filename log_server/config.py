@@ -39,6 +39,18 @@ class Config:
     max_future_skew_ms: int = 5 * 60_000
     max_age_ms: int = 30 * 24 * 3_600_000
     page_limit: int = 1000
+    receipt_rate: float = 50_000.0
+    """Receipts per second one edge may have logged (log_server.budgets), and ..."""
+    receipt_burst: int = 100_000
+    """... how many it may have logged at once."""
+    creator_rate: float = 10.0
+    """Manifests and disputes per second one creator may have logged, and ..."""
+    creator_burst: int = 100
+    """... how many at once."""
+    statement_rate: float = 100.0
+    """Statements per second one billing key may have logged, and ..."""
+    statement_burst: int = 100_000
+    """... how many at once (a run logs one statement per creator)."""
     verify_processes: int = 1
     """Worker processes that check receipt signatures; 0: the server's own work thread."""
     witness_policy: Path | None = None

@@ -89,7 +89,8 @@ def _flag(name: str, description: str) -> dict[str, Any]:
 
 def _post(summary: str, *, operator: bool = False) -> dict[str, Any]:
     """A POST of one JSON object, answered with the entry's result and bundle: 200 logged or
-    duplicate, 403 a signature the log cannot accept, 409 refused by its registries."""
+    duplicate, 403 a signature the log cannot accept, 409 refused by its registries; 429 its
+    signer over its budget (the routes without a token)."""
     operation: dict[str, Any] = {
         "summary": summary,
         "requestBody": {
@@ -104,6 +105,8 @@ def _post(summary: str, *, operator: bool = False) -> dict[str, Any]:
     if operator:
         operation["security"] = [{"operator": []}]
         operation["responses"]["401"] = _ERROR
+    else:
+        operation["responses"]["429"] = _ERROR
     return {"post": operation}
 
 
@@ -173,6 +176,7 @@ OPENAPI: dict[str, Any] = {
                     "422": _RESULTS,
                     "400": _ERROR,
                     "413": _ERROR,
+                    "429": _ERROR,
                     "503": _ERROR,
                 },
             },
@@ -326,6 +330,7 @@ OPENAPI: dict[str, Any] = {
                     "403": _RESULTS,
                     "409": _RESULTS,
                     "413": _ERROR,
+                    "429": _ERROR,
                     "503": _ERROR,
                 },
             },

@@ -13,20 +13,30 @@ new signed checkpoint. Nothing is answered before that transaction commits, so
   submitter retries;
 * a crash after the commit but before the answer leaves the entries logged; the retry finds
   them by (edge, request_id) and gets ``duplicate`` with the original index and a proof.
+
+Duplicates. A receipt is logged once per (edge, request_id). Every other entry is logged
+once per signed message (what its signature covers): the transaction that appends it also
+indexes the SHA-256 of that message (:meth:`Storage.append_signed`), and an exact re-post of
+any logged entry — resent after a lost answer, or copied out of the log by anyone — is
+answered ``duplicate`` with the original index before any registry rule is asked, whatever
+the registries say now. It appends nothing and changes nothing. That an entry which is *not*
+an exact re-post cannot change a state twice is the registries' rules (log_server.catalog).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-from log_server.catalog import Duplicate, apply_catalog, catalog_problem
+from log_server.catalog import apply_catalog, catalog_problem
 from log_server.storage import EdgeKeyRecord, EntryRecord, Storage, StoredCheckpoint
 from tlog.checkpoint import Checkpoint, sign_checkpoint
-from tlog.entry import EdgeKey, Entry, Receipt, decode_entry, encode_entry
+from tlog.entry import EdgeKey, Entry, Receipt, decode_entry, encode_entry, signed_message
+from tlog.errors import MalformedError
 from tlog.hashing import leaf_hash
 from tlog.merkle import append_hashes, root_hash, stored_hash_count
 from tlog.note import SigningKey
@@ -88,6 +98,20 @@ class OverloadedError(Exception):
 def _signed_part(data: bytes) -> dict[str, object]:
     entry = decode_entry(data)
     return dict(entry.signed_fields())
+
+
+def _message_digest(entry: Entry) -> bytes:
+    """The SHA-256 of what the entry's signature covers: the key of the log's duplicates."""
+    return hashlib.sha256(signed_message(entry)).digest()
+
+
+def _logged_digest(data: bytes) -> bytes | None:
+    """That of a logged entry (None for receipts, and for entries no longer decoded)."""
+    try:
+        entry = decode_entry(data)
+    except MalformedError:
+        return None
+    return None if isinstance(entry, Receipt) else _message_digest(entry)
 
 
 def _key_valid(record: EdgeKeyRecord | None, served_at_ms: int) -> str | None:
@@ -174,16 +198,21 @@ def _entry_reader(
 
 
 def _registry_problem(
-    storage: Storage, entry: Entry, size: int, entry_at: Callable[[int], bytes]
+    storage: Storage,
+    entry: Entry,
+    size: int,
+    original: int | None,
+    entry_at: Callable[[int], bytes],
 ) -> Logged | Rejected | None:
-    """Why an entry that is not a receipt cannot apply to the registries as they stand (or
-    that it is logged already); None if it can. The catalog's rules: log_server.catalog."""
+    """Why an entry that is not a receipt cannot be appended: it is logged already, at
+    ``original`` (the index of its signed message, if any), or it cannot apply to the
+    registries as they stand; None if it can. The catalog's rules: log_server.catalog."""
+    if original is not None:
+        return Logged(original, entry_at(original), duplicate=True)
     if isinstance(entry, EdgeKey):
         return _edge_key_problem(storage, entry)
     assert not isinstance(entry, Receipt)  # noqa: S101 -- receipts are judged in sequence()
-    found = catalog_problem(storage, entry, size, entry_at)
-    if isinstance(found, Duplicate):
-        return Logged(found.index, entry_at(found.index), duplicate=True)
+    found = catalog_problem(storage, entry, size)
     return None if found is None else Rejected(found.field, found.reason)
 
 
@@ -200,10 +229,12 @@ def sequence(
         size = storage.tree_size()
         keys = [(e.edge, e.request_id) for e in pending if isinstance(e, Receipt)]
         logged = storage.receipts(keys) if keys else {}
+        digests, signed = _signed_messages(storage, pending)
+        new_signed: list[tuple[bytes, int]] = []
         registry: dict[tuple[str, str], EdgeKeyRecord | None] = {}
         records: list[EntryRecord] = []
         entry_at = _entry_reader(storage, size, records)
-        for entry in pending:
+        for entry, digest in zip(pending, digests, strict=True):
             if isinstance(entry, Receipt):
                 key = (entry.edge, entry.request_id)
                 prior = logged.get(key)
@@ -220,7 +251,11 @@ def sequence(
                 if problem is not None:
                     outcomes.append(Rejected("receipt.key_id", problem))
                     continue
-            elif (refused := _registry_problem(storage, entry, size, entry_at)) is not None:
+            elif (
+                refused := _registry_problem(
+                    storage, entry, size, signed.get(digest or b""), entry_at
+                )
+            ) is not None:
                 outcomes.append(refused)
                 continue
             data = encode_entry(entry, logged_at_ms=now_ms)
@@ -234,20 +269,41 @@ def sequence(
                 registry.clear()
             else:
                 apply_catalog(storage, entry, record.index, now_ms)
+            if digest is not None:
+                signed[digest] = record.index  # a second copy in this batch is a duplicate
+                new_signed.append((digest, record.index))
             outcomes.append(Logged(record.index, record.data))
         if records:
             hashes = append_hashes(size, [r.leaf_hash for r in records], storage)
             storage.append_hashes(stored_hash_count(size), hashes)
             storage.append_entries(records)
-        new_size = size + len(records)
-        root = root_hash(new_size, storage)
-        note = sign_checkpoint(
-            Checkpoint(log.origin, new_size, root),
-            [log.key.signer(), log.key.cosigner(now_ms // 1000)],
-        )
-        checkpoint = StoredCheckpoint(new_size, root, note, now_ms)
-        storage.append_checkpoint(checkpoint)
+            storage.append_signed(new_signed)
+        checkpoint = _sign(storage, log, size + len(records), now_ms)
     return outcomes, checkpoint
+
+
+def _signed_messages(
+    storage: Storage, pending: Sequence[Entry]
+) -> tuple[list[bytes | None], dict[bytes, int]]:
+    """The SHA-256 of each pending entry's signed message (None for receipts), and the
+    indexes of those the log holds already."""
+    digests = [None if isinstance(e, Receipt) else _message_digest(e) for e in pending]
+    wanted = [d for d in digests if d is not None]
+    if not wanted:
+        return digests, {}
+    storage.index_signed_messages(_logged_digest)
+    return digests, storage.signed_indexes(wanted)
+
+
+def _sign(storage: Storage, log: LogIdentity, size: int, now_ms: int) -> StoredCheckpoint:
+    """Sign the tree of ``size`` entries at ``now_ms`` and store the checkpoint."""
+    root = root_hash(size, storage)
+    note = sign_checkpoint(
+        Checkpoint(log.origin, size, root), [log.key.signer(), log.key.cosigner(now_ms // 1000)]
+    )
+    checkpoint = StoredCheckpoint(size, root, note, now_ms)
+    storage.append_checkpoint(checkpoint)
+    return checkpoint
 
 
 @dataclass

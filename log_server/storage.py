@@ -6,8 +6,9 @@ Owns the database schema and every query; the only module that imports peewee. S
 
 Durability contract (what the sequencer relies on):
 
-* Everything one sequencing step writes — entries, hashes, the edge-key registry rows and
-  the new checkpoint — is written inside :meth:`Storage.sequencing`, one transaction. Either
+* Everything one sequencing step writes — entries, hashes, the edge-key registry rows, the
+  signed-message index and the new checkpoint — is written inside
+  :meth:`Storage.sequencing`, one transaction. Either
   all of it is durable when the ``with`` block exits normally, or none of it is visible.
 * :meth:`Storage.sequencing` holds the sequencer lock for the whole transaction (SQLite:
   ``BEGIN IMMEDIATE``; PostgreSQL: a transaction-scoped advisory lock), so two processes
@@ -30,7 +31,7 @@ receipts must span the whole log, so it stays global.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -89,10 +90,14 @@ class _Schema:
     checkpoints: type[peewee.Model]
     edge_keys: type[peewee.Model]
     cosignatures: type[peewee.Model]
+    signed: type[peewee.Model]
 
     @property
     def all(self) -> list[type[peewee.Model]]:
-        return [self.hashes, self.entries, self.checkpoints, self.edge_keys, self.cosignatures]
+        return [
+            self.hashes, self.entries, self.checkpoints, self.edge_keys, self.cosignatures,
+            self.signed,
+        ]  # fmt: skip
 
 
 def _schema(db: peewee.Database) -> _Schema:
@@ -167,7 +172,18 @@ def _schema(db: peewee.Database) -> _Schema:
             table_name = "cosignatures"
             primary_key = peewee.CompositeKey("tree_size", "witness")
 
-    return _Schema(Hash, Entry, Checkpoint, EdgeKey, Cosignature)
+    class SignedMessage(Base):
+        """Every logged entry but receipts, by the SHA-256 of its signed message (what its
+        signature covers): how the sequencer finds an exact re-post of it, whatever the
+        registries say now. Receipts are found by (request_id, edge) instead."""
+
+        digest = peewee.BlobField(primary_key=True)
+        idx = peewee.BigIntegerField()
+
+        class Meta:
+            table_name = "signed_messages"
+
+    return _Schema(Hash, Entry, Checkpoint, EdgeKey, Cosignature, SignedMessage)
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +266,9 @@ class Storage:
         """The anchoring job's records (see :class:`AnchorTables`)."""
         self.billing = BillingTables(db)
         """The catalog and billing registries (see :class:`BillingTables`)."""
+        self._signed_indexed = False
+        """Whether the signed-message index is known to be filled (see
+        :meth:`index_signed_messages`)."""
 
     @classmethod
     def open(cls, url: str) -> Storage:
@@ -349,6 +368,37 @@ class Storage:
                 self._t.edge_keys.entry_index: record.entry_index,
             },
         ).execute()
+
+    def append_signed(self, rows: Sequence[tuple[bytes, int]]) -> None:
+        """Index logged entries by the SHA-256 of their signed message: (digest, index)."""
+        self._insert(self._t.signed, ("digest", "idx"), rows)
+
+    def index_signed_messages(self, digest_of: Callable[[bytes], bytes | None]) -> None:
+        """Fill the signed-message index of a database written before it existed; call it
+        inside :meth:`sequencing`, before :meth:`signed_indexes`.
+
+        Such a database has entries and registries but an empty index. Every entry a
+        registry row points at (``entry_index``, ``withdrawn_index``, ``opened_index``, ...)
+        is indexed by ``digest_of(its bytes)`` (None: leave it out), the lowest index first
+        for a digest logged twice. That is every manifest, statement, dispute and revenue
+        entry, and the registration in force of each creator and edge key (those it
+        replaced were operator-signed, through admin routes only). Once the index holds a
+        row it is never empty again, so the check costs one query per Storage.
+        """
+        if self._signed_indexed:
+            return
+        if self._t.signed.select().limit(1).exists():
+            self._signed_indexed = True
+            return
+        keys = self._t.edge_keys
+        indexes = {row.entry_index for row in keys.select(keys.entry_index)}
+        indexes.update(self.billing.entry_indexes())
+        found: dict[bytes, int] = {}
+        for record in self.entries_at(sorted(indexes)):
+            digest = digest_of(record.data)
+            if digest is not None:
+                found.setdefault(digest, record.index)
+        self.append_signed(list(found.items()))
 
     def append_checkpoint(self, checkpoint: StoredCheckpoint) -> None:
         self._t.checkpoints.insert(
@@ -467,6 +517,17 @@ class Storage:
             'ORDER BY "idx"'
         )
         return [bytes(row[0]) for row in self.db.execute_sql(sql, (start, end)).fetchall()]
+
+    def signed_indexes(self, digests: Sequence[bytes]) -> dict[bytes, int]:
+        """The indexes of the logged entries whose signed messages have these SHA-256s."""
+        found: dict[bytes, int] = {}
+        table = self._t.signed._meta.table_name
+        for chunk in _chunks(sorted(set(digests))):
+            marks = ", ".join([self.db.param] * len(chunk))
+            sql = f'SELECT "digest", "idx" FROM "{table}" WHERE "digest" IN ({marks})'  # noqa: S608
+            for digest, idx in self.db.execute_sql(sql, list(chunk)).fetchall():
+                found[bytes(digest)] = idx
+        return found
 
     def receipts(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], EntryRecord]:
         """The logged receipts with these (edge, request_id) keys."""
@@ -1083,13 +1144,18 @@ class BillingTables:
         *,
         open_only: bool = False,
         statement: str | None = None,
+        line: int | None = None,
     ) -> list[DisputeRecord]:
+        """Disputes in the order they were opened (of one creator, one statement, one line
+        of it, the open ones only)."""
         t = self._dispute
         query = t.select()
         if creator_id is not None:
             query = query.where(t.creator_id == creator_id)
         if statement is not None:
             query = query.where(t.statement == statement)
+        if line is not None:
+            query = query.where(t.line == line)
         if open_only:
             query = query.where(t.closed_index.is_null())
         rows = query.order_by(t.opened_index)
@@ -1108,6 +1174,21 @@ class BillingTables:
         return [
             RevenueRecord(**_columns(row, RevenueRecord)) for row in query.order_by(t.entry_index)
         ]
+
+    # -- all of them -----------------------------------------------------------------------
+
+    def entry_indexes(self) -> set[int]:
+        """The index of every entry a row of these registries names."""
+        columns = (
+            self._creator.entry_index, self._manifest.entry_index,
+            self._manifest.withdrawn_index, self._statement.entry_index,
+            self._dispute.opened_index, self._dispute.closed_index, self._revenue.entry_index,
+        )  # fmt: skip
+        found: set[int] = set()
+        for column in columns:
+            query = column.model.select(column).where(column.is_null(is_null=False))
+            found.update(index for (index,) in query.tuples())
+        return found
 
 
 _R = TypeVar("_R")

@@ -15,12 +15,14 @@ Kinds:
   adds ``logged_at_ms`` (its own clock), so the leaf binds both times.
 * ``edge_key`` — an edge key registered, rotated or revoked, with its validity window,
   signed by the operator key, so every key that may sign receipts is itself in the log.
-* ``creator`` — a creator's key and payout currency, registered by the operator.
+* ``creator`` — a creator's key and payout currency, registered by the operator; a new
+  registration ``follows`` the one it replaces.
 * ``manifest`` — one version of one piece of content, published (licensed scopes, payout
   terms, license URI) or withdrawn for new use, signed by its creator's registered key.
 * ``statement`` — the digest of a creator's billing statement over a committed range, with
   the money the next run carries on, signed by a billing key the log accepts.
-* ``dispute`` — a creator disputes a line of its statement (or the dispute is closed).
+* ``dispute`` — a creator disputes a line of its statement (or the dispute is closed); each
+  ``follows`` the line's latest dispute entry.
 * ``revenue`` — a buyer's declared revenue for a period, signed by the operator.
 
 Every kind is signed over the canonical JSON of all its fields but ``signature`` and
@@ -647,6 +649,9 @@ class Creator:
 
     The latest ``creator`` entry about a creator_id wins: a new one rotates the key or
     changes the currency from its index on. Manifests and disputes are signed by this key.
+    ``follows`` is the index of the registration a new one replaces (absent for the first):
+    the log refuses one that does not follow the creator's registration in force, so an
+    old registration re-posted cannot bring back a key or currency it replaced.
     """
 
     kind: ClassVar[str] = "creator"
@@ -654,6 +659,7 @@ class Creator:
     creator_id: str
     key: str
     currency: str
+    follows: int | None = None
     operator_key_id: str = ""
     signature: bytes = b""
     logged_at_ms: int | None = None
@@ -664,6 +670,8 @@ class Creator:
         if verifier.name != self.creator_id:
             raise MalformedError("creator.key", f"names {verifier.name!r}, not the creator")
         _check_text(self.currency, "creator.currency", _CURRENCY)
+        if self.follows is not None:
+            _check_int(self.follows, "creator.follows")
         _check_common(
             "creator", "operator_key_id", self.operator_key_id, self.signature, self.logged_at_ms
         )
@@ -674,13 +682,16 @@ class Creator:
         return parse_vkey(self.key)
 
     def signed_fields(self) -> dict[str, JSONValue]:
-        return {
+        fields: dict[str, JSONValue] = {
             "kind": self.kind,
             "creator_id": self.creator_id,
             "key": self.key,
             "currency": self.currency,
             "operator_key_id": self.operator_key_id,
         }
+        if self.follows is not None:
+            fields["follows"] = self.follows
+        return fields
 
     @classmethod
     def _read(cls, r: _Reader) -> Creator:
@@ -688,6 +699,7 @@ class Creator:
             creator_id=r.text("creator_id"),
             key=r.text("key"),
             currency=r.text("currency"),
+            follows=r.optional_integer("follows"),
             operator_key_id=r.key_id("operator_key_id"),
             signature=r.signature(),
             logged_at_ms=r.optional_integer("logged_at_ms"),
@@ -887,6 +899,12 @@ class Dispute:
     ``open`` is signed by the creator (``by`` = ``creator``). ``close`` is signed by the
     creator (a withdrawal) or by the operator (``by`` = ``operator``: resolved). While a
     dispute on a statement is open, that statement's reserve is not released.
+
+    ``follows`` binds the entry to the state it changes: the index of the line's latest
+    dispute entry, which it follows. An ``open`` names the line's latest ``close`` (and
+    leaves ``follows`` out the first time the line is disputed); a ``close`` names the
+    ``open`` it closes. The log refuses a dispute that does not follow the line's latest
+    entry, so an old one re-posted cannot open or close the line again.
     """
 
     kind: ClassVar[str] = "dispute"
@@ -897,6 +915,7 @@ class Dispute:
     line: int
     reason: str
     by: str = "creator"
+    follows: int | None = None
     key_id: str = ""
     signature: bytes = b""
     logged_at_ms: int | None = None
@@ -910,10 +929,14 @@ class Dispute:
         _check_choice(self.by, "dispute.by", DISPUTE_SIGNERS)
         if self.action == "open" and self.by != "creator":
             raise MalformedError("dispute.by", "only the creator opens a dispute")
+        if self.follows is not None:
+            _check_int(self.follows, "dispute.follows")
+        elif self.action == "close":
+            raise MalformedError("dispute.follows", "missing: a close names the open it closes")
         _check_common("dispute", "key_id", self.key_id, self.signature, self.logged_at_ms)
 
     def signed_fields(self) -> dict[str, JSONValue]:
-        return {
+        fields: dict[str, JSONValue] = {
             "kind": self.kind,
             "action": self.action,
             "creator_id": self.creator_id,
@@ -923,6 +946,9 @@ class Dispute:
             "by": self.by,
             "key_id": self.key_id,
         }
+        if self.follows is not None:
+            fields["follows"] = self.follows
+        return fields
 
     @classmethod
     def _read(cls, r: _Reader) -> Dispute:
@@ -933,6 +959,7 @@ class Dispute:
             line=r.integer("line"),
             reason=r.text("reason"),
             by=r.text("by"),
+            follows=r.optional_integer("follows"),
             key_id=r.key_id("key_id"),
             signature=r.signature(),
             logged_at_ms=r.optional_integer("logged_at_ms"),

@@ -85,6 +85,8 @@ class Ledger:
     data: list[bytes] = field(default_factory=list)
     runs: list[Run] = field(default_factory=list)
     logged: list[list[Statement]] = field(default_factory=list)
+    registered: dict[str, int] = field(default_factory=dict)
+    """Each creator's registration in force: its index, which a new one follows."""
 
     @property
     def size(self) -> int:
@@ -105,8 +107,10 @@ class Ledger:
             self.creator(creator, at_ms=at_ms)
 
     def creator(self, key: SigningKey, currency: str = "USD", at_ms: int = T0) -> int:
-        entry = Creator(key.name, format_vkey(key.verifier()), currency)
-        return self.append(sign_creator(entry, OPERATOR), at_ms)
+        follows = self.registered.get(key.name)
+        entry = Creator(key.name, format_vkey(key.verifier()), currency, follows=follows)
+        self.registered[key.name] = self.append(sign_creator(entry, OPERATOR), at_ms)
+        return self.registered[key.name]
 
     def publish(
         self,

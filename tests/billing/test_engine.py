@@ -30,7 +30,7 @@ from tests.billing.logs import (
     policy,
     statements,
 )
-from tlog.entry import Dispute, EdgeKey, sign_dispute, sign_edge_key
+from tlog.entry import Creator, Dispute, EdgeKey, sign_creator, sign_dispute, sign_edge_key
 from tlog.errors import VerificationError
 from tlog.note import format_vkey
 from tlog.statement import StatementDocument, parse_statement, statement_digest
@@ -356,8 +356,8 @@ def test_reserves_are_released_after_their_days_unless_disputed(ledger: Ledger) 
     held = {c: d.totals.reserve_minor for c, d in documents(run1).items()}
     assert held == {ALICE.name: 8, BOB.name: 8}  # 100 - 20 fee -> 10% of 80
     entries = {e.creator_id: e for e in ledger.log_run(run1, T0 + DAY_MS + 1000)}
-    dispute = Dispute("open", BOB.name, entries[BOB.name].digest, 1, "counted a retry")
-    ledger.append(sign_dispute(dispute, BOB), T0 + DAY_MS + 2000)
+    dispute = sign_dispute(Dispute("open", BOB.name, entries[BOB.name].digest, 1, "retry"), BOB)
+    opened = ledger.append(dispute, T0 + DAY_MS + 2000)
     # One day on: nothing is due. Two and a half days on: Alice's first reserve is released
     # (its two days are up; the second run's are not); Bob's is held, it is disputed.
     ledger.receipt("c", T0 + DAY_MS + HOUR_MS, job_id="j2")
@@ -370,11 +370,17 @@ def test_reserves_are_released_after_their_days_unless_disputed(ledger: Ledger) 
     assert found[ALICE.name].released == ((entries[ALICE.name].digest, 8),)
     assert found[ALICE.name].totals.payable_minor == 8
     assert BOB.name not in found  # nothing new, and the only reserve is disputed
-    close = Dispute("close", BOB.name, entries[BOB.name].digest, 1, "resolved", by="operator")
+    close = Dispute(
+        "close", BOB.name, entries[BOB.name].digest, 1, "resolved", by="operator", follows=opened
+    )
     ledger.log_run(run3, T0 + 4 * DAY_MS + 1000)
     ledger.append(sign_dispute(close, OPERATOR), T0 + 4 * DAY_MS + 2000)
+    # The open again, as a log that let it be replayed would hold it: it follows no close,
+    # so billing counts it as nothing (a problem), and the reserve is released all the same.
+    replayed = ledger.append(dispute, T0 + 4 * DAY_MS + 3000)
     run4 = ledger.bill(rules, T0 + 5 * DAY_MS)
     assert documents(run4)[BOB.name].released == ((entries[BOB.name].digest, 8),)
+    assert [index for index, _ in run4.problems] == [replayed]
 
 
 def test_open_disputes_are_listed_on_the_next_statement(ledger: Ledger) -> None:
@@ -404,6 +410,24 @@ def test_creators_paid_in_another_currency_are_left_to_their_runs(ledger: Ledger
     assert set(documents(ledger.bill(policy(), T0 + DAY_MS))) == {ALICE.name}
     (euro,) = documents(ledger.bill(policy(currency='"EUR"'), T0 + DAY_MS)).values()
     assert euro.creator_id == BOB.name and euro.currency == "EUR"
+
+
+def test_a_registration_that_does_not_follow_the_one_in_force_changes_nothing(
+    ledger: Ledger,
+) -> None:
+    """As the log refuses it: an EUR registration of Alice's that follows nothing (while
+    she is registered) leaves her paid in USD, and is a problem of the run; one that
+    follows her registration is none."""
+    ledger.setup()
+    ledger.publish("photo-1", {"training": "1.00"})
+    ledger.receipt("a", T0 + HOUR_MS, job_id="j1")
+    stray = Creator(ALICE.name, format_vkey(ALICE.verifier()), "EUR")
+    at = ledger.append(sign_creator(stray, OPERATOR), T0 + 2 * HOUR_MS)
+    run = ledger.bill(policy(), T0 + DAY_MS)
+    assert set(documents(run)) == {ALICE.name}
+    assert [index for index, _ in run.problems] == [at]
+    ledger.creator(ALICE, currency="EUR")
+    assert [index for index, _ in ledger.bill(policy(), T0 + DAY_MS).problems] == [at]
 
 
 def test_a_run_refuses_a_statement_index_that_hid_a_run(ledger: Ledger) -> None:

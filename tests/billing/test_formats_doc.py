@@ -114,6 +114,10 @@ def rebuild(inputs: dict[str, Any]) -> dict[str, str]:
     dispute = sign_dispute(
         Dispute("open", alice.name, digest, 1, "line 1 counts a retry as a second job"), alice
     )
+    opened_at = len(data) + 1  # after the statement entry
+    withdrawal = sign_dispute(
+        Dispute("close", alice.name, digest, 1, "the retry was mine", follows=opened_at), alice
+    )
     return {
         "entry-creator": data[1].decode() + "\n",
         "entry-manifest": data[2].decode() + "\n",
@@ -121,6 +125,7 @@ def rebuild(inputs: dict[str, Any]) -> dict[str, str]:
         "statement-digest": digest + "\n",
         "entry-statement": encode_entry(logged_statement).decode() + "\n",
         "entry-dispute": encode_entry(dispute).decode() + "\n",
+        "entry-dispute-withdrawal": encode_entry(withdrawal).decode() + "\n",
     }
 
 
@@ -167,3 +172,7 @@ def test_the_example_entries_verify_and_the_statement_parses() -> None:
     assert entry.digest == statement_digest(statement) == blocks["statement-digest"].strip()  # type: ignore[union-attr]
     dispute = decode_entry(blocks["entry-dispute"].rstrip("\n").encode())
     verify_dispute(dispute, alice.verifier())  # type: ignore[arg-type]
+    withdrawal = decode_entry(blocks["entry-dispute-withdrawal"].rstrip("\n").encode())
+    verify_dispute(withdrawal, alice.verifier())  # type: ignore[arg-type]
+    assert isinstance(withdrawal, Dispute) and isinstance(dispute, Dispute)
+    assert (dispute.follows, withdrawal.action, withdrawal.follows) == (None, "close", 7)

@@ -32,10 +32,13 @@ from tests.verifier.logs import (
     registration,
     serve_log,
 )
+from tlog.bundle import parse_bundle
 from tlog.entry import (
     Creator,
+    Dispute,
     Manifest,
     Receipt,
+    decode_entry,
     encode_entry,
     sign_creator,
     sign_manifest,
@@ -265,3 +268,64 @@ def test_usage_errors_exit_2(served: Served) -> None:
     assert _run(served, "o", "--policy", str(bad)) == 2
     assert main(["billing", "replay", served.path("missing.json"), "--log", served.url,
                  "--key", served.path("log.vkey")]) == 2  # fmt: skip
+
+
+def test_a_dispute_copied_from_the_log_cannot_hold_a_resolved_reserve(
+    served: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The replay attack against a real log: the creator disputes a line, the operator
+    resolves it, and anyone posts the creator's open again, copied from /v1/entries. The log
+    answers duplicate and appends nothing, the dispute stays closed, and the next run
+    releases the reserve. The creator can still dispute the line again (the command signs
+    what the new open follows), and withdraw that."""
+    assert _run(served, "out", "--json") == 0
+    run = json.loads(capsys.readouterr().out)
+    statement = str(served.root / "out" / run["statements"][0]["file"])
+    digest = statement_digest(Path(statement).read_bytes())
+    dispute = ["billing", "dispute", statement, "--line", "1", "--key-file",
+               served.path("alice.key"), "--log", served.url, "--json"]  # fmt: skip
+    assert main([*dispute, "--reason", "one job was a retry"]) == 0
+    opened = json.loads(capsys.readouterr().out)["index"]
+    token = (served.root / "data" / "operator.token").read_text().strip()
+    with httpx.Client(base_url=served.url, timeout=30) as http:
+        resolve = {"creator_id": ALICE.name, "statement": digest, "line": 1, "reason": "no"}
+        closed = http.post(
+            "/v1/admin/disputes", json=resolve, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert closed.status_code == 200, closed.text
+        size = http.get("/healthz").json()["tree_size"]
+        copied = json.loads(
+            http.get("/v1/entries", params={"start": opened, "end": opened + 1}).json()["entries"][
+                0
+            ]["entry"]
+        )
+        del copied["logged_at_ms"]
+        for _ in range(3):
+            answer = http.post("/v1/disputes", json=copied)
+            assert answer.status_code == 200, answer.text
+            assert (answer.json()["status"], answer.json()["index"]) == ("duplicate", opened)
+        assert http.get("/healthz").json()["tree_size"] == size
+        (line,) = http.get("/v1/disputes", params={"statement": digest}).json()["disputes"]
+        assert (line["opened_index"], line["closed_index"]) == (opened, closed.json()["index"])
+
+    # The next run (its checkpoint signed by the server's clock, more than 30 days after the
+    # test log's) releases the first statement's reserve: no dispute holds it.
+    policy = parse_policy(POLICY.encode())
+    with LogClient(served.url) as client:
+        again = run_billing(client, _trust(), policy, BILLING, served.root / "again")
+    (released,) = again.statements
+    first = parse_statement(Path(statement).read_bytes())
+    assert released.document.released == ((digest, first.totals.reserve_minor),)
+    assert released.document.disputes == ()
+
+    # Disputed again: the command reads the line's latest close and signs that it follows it.
+    assert main([*dispute, "--reason", "still a retry"]) == 0
+    reopened = json.loads(capsys.readouterr().out)
+    assert reopened["status"] == "logged"
+    entry = decode_entry(parse_bundle(reopened["bundle"].encode()).extra or b"")
+    assert isinstance(entry, Dispute) and entry.follows == closed.json()["index"]
+    assert main([*dispute, "--reason", "settled", "--withdraw"]) == 0
+    withdrawn = json.loads(capsys.readouterr().out)
+    entry = decode_entry(parse_bundle(withdrawn["bundle"].encode()).extra or b"")
+    assert isinstance(entry, Dispute) and entry.follows == reopened["index"]
+    assert main([*dispute, "--reason", "settled", "--withdraw"]) == 1  # nothing open now

@@ -445,7 +445,7 @@ def test_the_table_is_long_enough() -> None:
     ("first", "second", "field"),
     [
         (None, {"action": "revoke", "valid_until_ms": 5}, "edge_key.key"),
-        ({}, {}, "edge_key.key"),
+        ({}, {"valid_from_ms": 5}, "edge_key.key"),  # the same request again: duplicate
         (
             {},
             {"action": "revoke", "valid_from_ms": 7, "valid_until_ms": 9},

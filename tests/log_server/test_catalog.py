@@ -19,9 +19,11 @@ from log_server.config import Config
 from tests.log_server.conftest import LogUnderTest, started
 from tlog.bundle import parse_bundle
 from tlog.entry import (
+    Creator,
     Dispute,
     Manifest,
     Statement,
+    canonical_json,
     decode_entry,
     encode_entry,
     sign_dispute,
@@ -257,8 +259,12 @@ async def test_disputes_open_and_close(log: Log) -> None:
         (dispute(BOB), 409, "dispute.statement"),  # not Bob's statement
         (dispute(statement="sha256:" + "00" * 32), 409, "dispute.statement"),
         (dataclasses.replace(dispute(), reason="other"), 403, "dispute.signature"),
-        (dispute(action="close"), 409, "dispute.line"),  # nothing open
+        (dispute(action="close", follows=1), 409, "dispute.line"),  # nothing open
+        (dispute(follows=1), 409, "dispute.follows"),  # the line has no close to follow
     ]
+    resolve = {"creator_id": ALICE.name, "statement": entry.digest, "line": 2, "reason": "ok"}
+    nothing = await log.client.post("/v1/admin/disputes", json=resolve, headers=log.admin)
+    assert (nothing.status_code, nothing.json()["error"]["field"]) == (409, "dispute.line")
     for found, status, field in cases:
         answer = await log.send("/v1/disputes", found)
         assert (answer.status_code, answer.json()["error"]["field"]) == (status, field)
@@ -267,14 +273,20 @@ async def test_disputes_open_and_close(log: Log) -> None:
     assert (await log.send("/v1/disputes", dispute(reason="again"))).status_code == 409
     listed = await log.client.get("/v1/disputes", params={"creator": ALICE.name, "open": "1"})
     assert [(d["line"], d["closed_index"]) for d in listed.json()["disputes"]] == [(2, None)]
-    resolve = {"creator_id": ALICE.name, "statement": entry.digest, "line": 2, "reason": "ok"}
     answer = await log.client.post("/v1/admin/disputes", json=resolve, headers=log.admin)
     assert answer.status_code == 200, answer.text
+    closed = decode_entry(parse_bundle(answer.json()["bundle"].encode()).extra or b"")
+    assert isinstance(closed, Dispute) and closed.follows == opened.json()["index"]
     listed = (await log.client.get("/v1/disputes", params={"creator": ALICE.name})).json()
     assert listed["disputes"][0]["closed_index"] == answer.json()["index"]
-    answer = await log.client.post("/v1/admin/disputes", json=resolve, headers=log.admin)
-    assert answer.status_code == 409
-    operator_signed = dispute(action="close", by="operator")
+    # Resolved again with the same reason: the same entry, answered duplicate; another
+    # reason would close a line that is not open.
+    again = await log.client.post("/v1/admin/disputes", json=resolve, headers=log.admin)
+    assert (again.json()["status"], again.json()["index"]) == ("duplicate", answer.json()["index"])
+    other = {**resolve, "reason": "again"}
+    refused = await log.client.post("/v1/admin/disputes", json=other, headers=log.admin)
+    assert (refused.status_code, refused.json()["error"]["field"]) == (409, "dispute.line")
+    operator_signed = dispute(action="close", by="operator", follows=opened.json()["index"])
     assert (await log.send("/v1/disputes", operator_signed)).status_code == 400
 
 
@@ -303,3 +315,150 @@ async def test_a_log_without_billing_keys_takes_no_statements(tmp_path: Path) ->
         answer = await client.post("/v1/statements", content=encode_entry(statement()))
         assert answer.status_code == 403
         assert (await client.get("/v1/billing-keys")).json() == {"billing_keys": []}
+
+
+# -- nothing signed can be replayed ------------------------------------------------------------
+
+
+def repost_of(logged_entry: dict[str, Any]) -> bytes:
+    """An entry as /v1/entries serves it, made submittable again: without the log's time."""
+    obj = json.loads(logged_entry["entry"])
+    del obj["logged_at_ms"]
+    return canonical_json(obj)
+
+
+async def entry_json(log: Log, index: int) -> dict[str, Any]:
+    page = await log.client.get("/v1/entries", params={"start": index, "end": index + 1})
+    found: dict[str, Any] = page.json()["entries"][0]
+    return found
+
+
+async def logged_statement(log: Log) -> Statement:
+    """Alice's statement (of lines 1 and 2), over the log's first two entries."""
+    await log.creator(ALICE)
+    await log.creator(BOB)
+    entry = statement()
+    assert (await log.client.post("/v1/statements", content=encode_entry(entry))).is_success
+    return entry
+
+
+def alice_dispute(
+    entry: Statement, action: str, follows: int | None, line: int = 2, reason: str = "too low"
+) -> Dispute:
+    found = Dispute(action, ALICE.name, entry.digest, line, reason, follows=follows)
+    return sign_dispute(found, ALICE)
+
+
+async def test_an_old_open_copied_from_the_log_cannot_reopen_a_resolved_dispute(log: Log) -> None:
+    """The attack: anyone copies the creator's open out of /v1/entries after the operator
+    resolved it, and posts it again; and once more after the creator opened the line again
+    and the operator resolved that too. Each time: ``duplicate`` with its index, nothing
+    appended, the line stays closed."""
+    entry = await logged_statement(log)
+    opened = (await log.send("/v1/disputes", alice_dispute(entry, "open", None))).json()["index"]
+    resolve = {"creator_id": ALICE.name, "statement": entry.digest, "line": 2, "reason": "ok"}
+    closed = await log.client.post("/v1/admin/disputes", json=resolve, headers=log.admin)
+    reopened = await log.send("/v1/disputes", alice_dispute(entry, "open", closed.json()["index"]))
+    assert reopened.status_code == 200, reopened.text
+    resolve["reason"] = "ok again"
+    assert (await log.client.post("/v1/admin/disputes", json=resolve, headers=log.admin)).is_success
+    size = await log.size()
+    for index in (opened, reopened.json()["index"]):
+        copied = repost_of(await entry_json(log, index))
+        answer = await log.client.post("/v1/disputes", content=copied)
+        assert answer.status_code == 200, answer.text
+        assert (answer.json()["status"], answer.json()["index"]) == ("duplicate", index)
+        assert parse_bundle(answer.json()["bundle"].encode()).index == index
+    assert await log.size() == size
+    listed = (await log.client.get("/v1/disputes", params={"statement": entry.digest})).json()
+    assert [d["closed_index"] is not None for d in listed["disputes"]] == [True, True]
+
+
+async def test_a_dispute_must_follow_the_lines_latest_entry(log: Log) -> None:
+    """An open names the line's latest close (nothing the first time); a close names the open
+    it closes. Anything else is refused, 409 naming dispute.follows, and stores nothing."""
+    entry = await logged_statement(log)
+    size = await log.size()
+    for stale in (alice_dispute(entry, "open", 0), alice_dispute(entry, "open", size)):
+        answer = await log.send("/v1/disputes", stale)
+        assert (answer.status_code, answer.json()["error"]["field"]) == (409, "dispute.follows")
+    opened = (await log.send("/v1/disputes", alice_dispute(entry, "open", None))).json()["index"]
+    answer = await log.send("/v1/disputes", alice_dispute(entry, "close", opened - 1))
+    assert (answer.status_code, answer.json()["error"]["field"]) == (409, "dispute.follows")
+    assert "the open dispute is at index" in answer.json()["error"]["reason"]
+    withdrawn = await log.send("/v1/disputes", alice_dispute(entry, "close", opened))
+    assert withdrawn.json()["status"] == "logged"
+    size = await log.size()
+    for stale in (None, opened, withdrawn.json()["index"] + 1):
+        answer = await log.send("/v1/disputes", alice_dispute(entry, "open", stale, reason="2"))
+        assert (answer.status_code, answer.json()["error"]["field"]) == (409, "dispute.follows")
+    answer = await log.send("/v1/disputes", alice_dispute(entry, "close", opened, line=1))
+    assert (answer.status_code, answer.json()["error"]["field"]) == (409, "dispute.line")
+    assert await log.size() == size
+    again = await log.send("/v1/disputes", alice_dispute(entry, "open", withdrawn.json()["index"]))
+    assert again.json()["status"] == "logged"
+
+
+async def test_every_signed_kind_sent_again_is_a_duplicate_at_its_index(log: Log) -> None:
+    """A creator-signed manifest, its withdrawal, a statement and a dispute copied from
+    /v1/entries and posted again; the operator's edge-key, revenue and resolve requests sent
+    again: each is ``duplicate`` with its index, and the log does not grow."""
+    entry = await logged_statement(log)
+    edge = SigningKey("edge-1", b"\x25" * 32)
+    admin_requests = [
+        ("/v1/admin/edge-keys",
+         {"action": "register", "edge": edge.name, "key": format_vkey(edge.verifier()),
+          "valid_from_ms": 0}),
+        ("/v1/admin/revenue",
+         {"consumer_id": "acme", "currency": "USD", "amount_minor": 5, "period_start_ms": 0,
+          "period_end_ms": 1000, "reference": "inv-1"}),
+    ]  # fmt: skip
+    indexes: list[int] = []
+    public: list[int] = []
+    for path, sent in (
+        ("/v1/manifests", manifest()),
+        ("/v1/manifests", manifest(action="withdraw", scopes=(), terms=(), license=None)),
+        ("/v1/disputes", alice_dispute(entry, "open", None)),
+    ):
+        answer = await log.send(path, sent)
+        assert answer.json()["status"] == "logged", answer.text
+        public.append(answer.json()["index"])
+    for path, body in admin_requests:
+        answer = await log.client.post(path, json=body, headers=log.admin)
+        assert answer.json()["status"] == "logged", answer.text
+        indexes.append(answer.json()["index"])
+    resolve = {"creator_id": ALICE.name, "statement": entry.digest, "line": 2, "reason": "ok"}
+    resolved = await log.client.post("/v1/admin/disputes", json=resolve, headers=log.admin)
+    indexes.append(resolved.json()["index"])
+    admin_requests.append(("/v1/admin/disputes", resolve))
+    size = await log.size()
+    statement_index = (await log.client.get(f"/v1/statements/{entry.digest}")).json()
+    copies = [("/v1/statements", statement_index["entry_index"])]
+    copies += list(zip(("/v1/manifests", "/v1/manifests", "/v1/disputes"), public, strict=True))
+    for path, index in copies:
+        answer = await log.client.post(path, content=repost_of(await entry_json(log, index)))
+        assert answer.status_code == 200, answer.text
+        found = answer.json()["results"][0] if path == "/v1/statements" else answer.json()
+        assert (answer.status_code, found["status"], found["index"]) == (200, "duplicate", index)
+    for (path, body), index in zip(admin_requests, indexes, strict=True):
+        answer = await log.client.post(path, json=body, headers=log.admin)
+        assert (answer.json()["status"], answer.json()["index"]) == ("duplicate", index), path
+    assert await log.size() == size
+
+
+async def test_the_admin_route_registers_a_creator_following_its_registration(log: Log) -> None:
+    """USD, EUR, then USD again: the server signs each change following the registration in
+    force, so the third is a new entry, not the first one's duplicate; a body that names a
+    registration not in force is refused."""
+    first = (await log.creator(ALICE)).json()["index"]
+    second = (await log.creator(ALICE, "EUR")).json()["index"]
+    body = {"creator_id": ALICE.name, "key": format_vkey(ALICE.verifier()), "currency": "USD"}
+    stale = await log.client.post(
+        "/v1/admin/creators", json={**body, "follows": first}, headers=log.admin
+    )
+    assert (stale.status_code, stale.json()["error"]["field"]) == (409, "creator.follows")
+    third = await log.creator(ALICE, "USD")
+    assert third.json()["status"] == "logged" and third.json()["index"] > second
+    entry = decode_entry(parse_bundle(third.json()["bundle"].encode()).extra or b"")
+    assert isinstance(entry, Creator) and entry.follows == second
+    assert (await log.client.get(f"/v1/creators/{ALICE.name}")).json()["currency"] == "USD"

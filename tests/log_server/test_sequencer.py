@@ -48,6 +48,7 @@ from tests.log_server.conftest import (
     LOG,
     LOG_KEY,
     NOW_MS,
+    OPERATOR_KEY,
     ORIGIN,
     OTHER_EDGE_KEY,
     key_id,
@@ -55,10 +56,24 @@ from tests.log_server.conftest import (
     make_receipt,
 )
 from tlog.checkpoint import Checkpoint, format_checkpoint, open_checkpoint
-from tlog.entry import Entry, Receipt, decode_entry
+from tlog.entry import (
+    Creator,
+    Dispute,
+    Entry,
+    Manifest,
+    Receipt,
+    Revenue,
+    Statement,
+    decode_entry,
+    sign_creator,
+    sign_dispute,
+    sign_manifest,
+    sign_revenue,
+    sign_statement,
+)
 from tlog.hashing import EMPTY_ROOT, leaf_hash
 from tlog.merkle import MemoryHashStore, root_hash, stored_hash_count
-from tlog.note import ALG_COSIGNATURE_V1, open_note
+from tlog.note import ALG_COSIGNATURE_V1, SigningKey, format_vkey, open_note
 from tlog.proofs import consistency_proof, inclusion_proof, verify_consistency, verify_inclusion
 
 SERVED_MS = NOW_MS - 60_000
@@ -125,6 +140,13 @@ class Snapshot:
     hashes: list[bytes]
     extra_hashes: list[int]
     edge_keys: list[EdgeKeyRecord]
+    signed: list[tuple[bytes, int]]
+
+
+def signed_rows(storage: Storage) -> list[tuple[bytes, int]]:
+    """The signed-message index, every row of it."""
+    rows = storage.db.execute_sql('SELECT "digest", "idx" FROM "signed_messages" ORDER BY "idx"')
+    return [(bytes(digest), idx) for digest, idx in rows.fetchall()]
 
 
 def snapshot(url: str) -> Snapshot:
@@ -145,6 +167,7 @@ def snapshot(url: str) -> Snapshot:
             storage.read_hashes(range(count)),
             extra,
             storage.edge_keys(),
+            signed_rows(storage),
         )
     finally:
         storage.close()
@@ -469,12 +492,13 @@ def test_a_key_is_registered_once(storage: Storage) -> None:
     assert_rejected(outcomes[0], "already registered", "edge_key.key")
     assert checkpoint.tree_size == size
     assert storage.edge_keys() == before
-    # Also within one batch: the first statement is in force for the second.
-    outcomes, _ = sequence(
-        storage, LOG, [make_edge_key(EDGE_KEY_2), make_edge_key(EDGE_KEY_2)], NOW_MS
-    )
+    # Also within one batch: the first statement is in force for the second (and the same
+    # statement twice is one entry, logged once).
+    batch = [make_edge_key(EDGE_KEY_2), make_edge_key(EDGE_KEY_2, valid_from_ms=5)]
+    outcomes, _ = sequence(storage, LOG, [*batch, batch[0]], NOW_MS)
     assert indexes(outcomes[:1]) == [size]
     assert_rejected(outcomes[1], "already registered", "edge_key.key")
+    assert outcomes[2] == replace(logged(outcomes[:1])[0], duplicate=True)
     verify_log(storage)
 
 
@@ -548,6 +572,144 @@ def test_an_empty_batch_re_signs_the_same_tree(storage: Storage) -> None:
     verify_log(storage)
 
 
+# -- signed entries that are not receipts: logged once, whatever the registries say now ----
+
+CREATOR = SigningKey("acct:alice", bytes(range(160, 192)))
+BILLING = SigningKey("billing.example", bytes(range(192, 224)))
+
+
+def log_one(storage: Storage, entry: Entry, now_ms: int = NOW_MS) -> int:
+    """Log ``entry`` alone, in its own seal (as an HTTP request would); its index."""
+    (outcome,), _ = sequence(storage, LOG, [entry], now_ms)
+    assert isinstance(outcome, Logged) and not outcome.duplicate, outcome
+    return outcome.index
+
+
+def creator(currency: str, follows: int | None = None) -> Creator:
+    entry = Creator(CREATOR.name, format_vkey(CREATOR.verifier()), currency, follows=follows)
+    return sign_creator(entry, OPERATOR_KEY)
+
+
+def dispute(action: str, follows: int | None, by: str = "creator") -> Dispute:
+    entry = Dispute(
+        action, CREATOR.name, "sha256:" + "d1" * 32, 1, f"{action} by {by}", by, follows
+    )
+    return sign_dispute(entry, CREATOR if by == "creator" else OPERATOR_KEY)
+
+
+def catalog_history(storage: Storage) -> list[tuple[Entry, int]]:
+    """Every signed kind but receipts, each logged in its own seal, with its index: an edge
+    key; a creator, registered then moved to EUR (following its registration); a manifest
+    and its withdrawal; a statement; a dispute of its line 1 opened, withdrawn, opened again
+    (following the withdrawal) and resolved by the operator; a revenue declaration."""
+    history: list[tuple[Entry, int]] = []
+
+    def add(entry: Entry) -> int:
+        history.append((entry, log_one(storage, entry)))
+        return history[-1][1]
+
+    add(make_edge_key())
+    registered = add(creator("USD"))
+    add(creator("EUR", follows=registered))
+    publish = Manifest(
+        "publish", CREATOR.name, "sha256:" + "c1" * 32, 1, "sha256:" + "a1" * 32,
+        ("training",), (("training", "0.05"),), "https://l.example/1",
+    )  # fmt: skip
+    add(sign_manifest(publish, CREATOR))
+    withdraw = replace(publish, action="withdraw", scopes=(), terms=(), license=None)
+    add(sign_manifest(withdraw, CREATOR))
+    statement = Statement(
+        "sha256:" + "d1" * 32, CREATOR.name, "EUR", 0, storage.tree_size(), NOW_MS, 2,
+        100, 0, 10, NOW_MS,
+    )  # fmt: skip
+    add(sign_statement(statement, BILLING))
+    opened = add(dispute("open", None))
+    withdrawn = add(dispute("close", opened))
+    reopened = add(dispute("open", withdrawn))
+    add(dispute("close", reopened, by="operator"))
+    add(sign_revenue(Revenue("acme", "EUR", 5, 0, 1000, "inv-1"), OPERATOR_KEY))
+    return history
+
+
+def test_an_exact_repost_of_any_signed_entry_is_a_duplicate(
+    storage: Storage, storage_url: str
+) -> None:
+    """Each kind posted again as it was logged, in one batch and long after: each is
+    ``duplicate`` with its index, even the open superseded twice since; nothing changes."""
+    history = catalog_history(storage)
+    before = snapshot(storage_url)
+    registries = (storage.billing.creators(), storage.billing.disputes(), storage.edge_keys())
+    reposts = [entry for entry, _ in history]
+    outcomes, checkpoint = sequence(storage, LOG, [*reposts, *reposts], NOW_MS + 10_000)
+    expected = [Logged(i, before.entries[i].data, duplicate=True) for _, i in history]
+    assert outcomes == expected + expected
+    assert checkpoint.tree_size == before.checkpoints[-1][1].tree_size
+    after = snapshot(storage_url)
+    assert (after.entries, after.signed) == (before.entries, before.signed)
+    assert (storage.billing.creators(), storage.billing.disputes(), storage.edge_keys()) == (
+        registries
+    )
+    assert all(d.closed_index is not None for d in storage.billing.disputes())
+
+
+def test_an_entry_twice_in_one_batch_is_logged_once(storage: Storage) -> None:
+    register(storage)
+    entry = creator("USD")
+    outcomes, checkpoint = sequence(storage, LOG, [entry, entry], NOW_MS)
+    first = logged(outcomes[:1])[0]
+    assert outcomes[1] == replace(first, duplicate=True)
+    assert checkpoint.tree_size == first.index + 1
+
+
+def test_a_registration_follows_the_one_in_force(storage: Storage) -> None:
+    """USD, EUR, USD again: each change follows the registration it replaces, so the third
+    is not the first re-posted; a registration that follows another is refused."""
+    register(storage)
+    first = log_one(storage, creator("USD"))
+    second = log_one(storage, creator("EUR", follows=first))
+    size = storage.tree_size()
+    for stale in (creator("GBP"), creator("GBP", follows=first), creator("GBP", follows=99)):
+        (outcome,), _ = sequence(storage, LOG, [stale], NOW_MS)
+        assert_rejected(outcome, f"at index {second}", "creator.follows")
+    assert storage.tree_size() == size
+    third = log_one(storage, creator("USD", follows=second))
+    record = storage.billing.creator(CREATOR.name)
+    assert record is not None and (record.currency, record.entry_index) == ("USD", third)
+
+
+def test_a_database_written_before_the_index_gets_it_when_it_next_sequences(
+    storage_url: str,
+) -> None:
+    """A database whose signed-message table is missing (as every one written before it
+    was): opened again, the table is made, and the first seal fills it from the registries,
+    so a re-post is still a duplicate. A registration that was replaced is not in any
+    registry: posted again, its binding refuses it."""
+    storage = Storage.open(storage_url)
+    try:
+        history = catalog_history(storage)
+        rows = signed_rows(storage)
+        storage.db.execute_sql('DROP TABLE "signed_messages"')
+    finally:
+        storage.close()
+    reopened = Storage.open(storage_url)
+    try:
+        assert signed_rows(reopened) == []
+        size = reopened.tree_size()
+        outcomes, checkpoint = sequence(reopened, LOG, [e for e, _ in history], NOW_MS + 1)
+        replaced = 1  # the creator's first registration
+        for position, ((_, index), outcome) in enumerate(zip(history, outcomes, strict=True)):
+            if position == replaced:
+                assert_rejected(outcome, f"at index {history[2][1]}", "creator.follows")
+            else:
+                assert isinstance(outcome, Logged) and (outcome.index, outcome.duplicate) == (
+                    index, True,
+                )  # fmt: skip
+        assert checkpoint.tree_size == size
+        assert signed_rows(reopened) == [r for r in rows if r[1] != history[replaced][1]]
+    finally:
+        reopened.close()
+
+
 # -- fault injection ----------------------------------------------------------------------
 
 
@@ -555,7 +717,9 @@ class InjectedError(Exception):
     """Raised by FaultyStorage where a test asked for it."""
 
 
-WRITE_STEPS = ("append_hashes", "append_entries", "put_edge_key", "append_checkpoint")
+WRITE_STEPS = (
+    "append_hashes", "append_entries", "append_signed", "put_edge_key", "append_checkpoint",
+)  # fmt: skip
 
 
 class FaultyStorage(Storage):
@@ -598,6 +762,9 @@ class FaultyStorage(Storage):
 
     def append_entries(self, records: Sequence[EntryRecord]) -> None:
         self._step("append_entries", lambda: Storage.append_entries(self, records))
+
+    def append_signed(self, rows: Sequence[tuple[bytes, int]]) -> None:
+        self._step("append_signed", lambda: Storage.append_signed(self, rows))
 
     def put_edge_key(self, record: EdgeKeyRecord) -> None:
         self._step("put_edge_key", lambda: Storage.put_edge_key(self, record))

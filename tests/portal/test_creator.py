@@ -254,6 +254,30 @@ def test_the_dispute_form_writes_a_dispute_entry_the_python_core_verifies(
     expect(page.locator('#lines-table tr[data-line="1"] .disputed')).to_be_visible()
 
 
+def test_a_resolved_line_is_disputed_again_following_its_close(page: Page, billed: Billed) -> None:
+    """After the operator resolves line 1 (the test above opened it), the page offers the
+    line again, and the open it signs follows the close: the log takes it (an open without
+    that binding would be refused, and an old one re-posted is only a duplicate)."""
+    resolve = {"creator_id": ALICE.name, "statement": billed.digest, "line": 1, "reason": "ok"}
+    admin = {"Authorization": f"Bearer {billed.server.token}"}
+    closed = httpx.post(f"{billed.url}/v1/admin/disputes", json=resolve, headers=admin)
+    assert closed.status_code == 200, closed.text
+    _loaded(page, billed.creator_page())
+    page.get_by_role("button", name="Dispute line 1").click()
+    page.get_by_label("Reason").fill("still a retry")
+    page.get_by_label("Your creator signing key").fill(format_skey(ALICE))
+    page.get_by_role("button", name="Sign and send the dispute").click()
+    result = page.locator("#dispute-result.ok")
+    expect(result).to_contain_text("Dispute logged")
+    index = int(result.get_attribute("data-index") or "-1")
+    entries = httpx.get(f"{billed.url}/v1/entries", params={"start": index, "end": index + 1})
+    entry = decode_entry(entries.json()["entries"][0]["entry"].encode())
+    assert isinstance(entry, Dispute)
+    assert (entry.action, entry.line, entry.follows) == ("open", 1, closed.json()["index"])
+    verify_dispute(entry, ALICE.verifier())
+    expect(page.locator('#lines-table tr[data-line="1"] .disputed')).to_be_visible()
+
+
 @pytest.mark.parametrize(
     "case",
     [

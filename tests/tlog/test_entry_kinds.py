@@ -121,6 +121,11 @@ def revenue(**changes: Any) -> Revenue:
 
 SIGNED = {
     "creator": (sign_creator(creator(), OPERATOR), verify_creator, OPERATOR),
+    "rotation": (
+        sign_creator(creator(currency="GBP", follows=7), OPERATOR),
+        verify_creator,
+        OPERATOR,
+    ),
     "manifest": (sign_manifest(manifest(), CREATOR), verify_manifest, CREATOR),
     "withdrawal": (
         sign_manifest(manifest(action="withdraw", scopes=(), terms=(), license=None), CREATOR),
@@ -129,8 +134,16 @@ SIGNED = {
     ),
     "statement": (sign_statement(statement(), BILLING), verify_statement, BILLING),
     "dispute": (sign_dispute(dispute(), CREATOR), verify_dispute, CREATOR),
+    "reopening": (sign_dispute(dispute(follows=12), CREATOR), verify_dispute, CREATOR),
+    "withdrawal of a dispute": (
+        sign_dispute(dispute(action="close", follows=11), CREATOR),
+        verify_dispute,
+        CREATOR,
+    ),
     "resolution": (
-        sign_dispute(dispute(action="close", by="operator", reason="refunded"), OPERATOR),
+        sign_dispute(
+            dispute(action="close", by="operator", reason="refunded", follows=11), OPERATOR
+        ),
         verify_dispute,
         OPERATOR,
     ),
@@ -230,6 +243,8 @@ BAD = [
     (creator, {"key": "not a key"}, "creator.key"),
     (creator, {"currency": "usd"}, "creator.currency"),
     (creator, {"currency": "DOLLAR"}, "creator.currency"),
+    (creator, {"follows": -1}, "creator.follows"),
+    (creator, {"follows": True}, "creator.follows"),
     (manifest, {"action": "delete"}, "manifest.action"),
     (manifest, {"content_id": "sha256:12"}, "manifest.content_id"),
     (manifest, {"version": 0}, "manifest.version"),
@@ -262,7 +277,12 @@ BAD = [
     (dispute, {"reason": ""}, "dispute.reason"),
     (dispute, {"reason": "caf\u00e9"}, "dispute.reason"),
     (dispute, {"by": "operator"}, "dispute.by"),
-    (dispute, {"by": "buyer", "action": "close"}, "dispute.by"),
+    (dispute, {"by": "buyer", "action": "close", "follows": 1}, "dispute.by"),
+    (dispute, {"action": "close"}, "dispute.follows"),  # a close names the open it closes
+    (dispute, {"action": "close", "by": "operator"}, "dispute.follows"),
+    (dispute, {"follows": -1}, "dispute.follows"),
+    (dispute, {"follows": 2**53}, "dispute.follows"),
+    (dispute, {"follows": "3"}, "dispute.follows"),
     (revenue, {"amount_minor": -1}, "revenue.amount_minor"),
     (revenue, {"period_end_ms": 1_700_000_000_000}, "revenue.period_end_ms"),
     (revenue, {"reference": ""}, "revenue.reference"),
@@ -294,6 +314,24 @@ def test_decoding_is_strict() -> None:
     with pytest.raises(MalformedError) as exc:
         encode_entry(statement())
     assert exc.value.field == "statement.signature"
+
+
+def test_follows_is_signed_when_present_and_absent_otherwise() -> None:
+    """A first registration and a line's first dispute leave ``follows`` out (their bytes
+    are those of entries from before the field); a close cannot: a missing ``follows`` in
+    the JSON of a close is refused with the field named."""
+    first = json.loads(encode_entry(SIGNED["dispute"][0]))
+    assert "follows" not in first and "follows" not in json.loads(
+        encode_entry(SIGNED["creator"][0])
+    )
+    reopened = SIGNED["reopening"][0]
+    assert reopened.signed_fields()["follows"] == 12
+    assert signed_message(reopened) != signed_message(dataclasses.replace(reopened, follows=None))
+    close = json.loads(encode_entry(SIGNED["resolution"][0]))
+    assert field_of(canonical_json({k: v for k, v in close.items() if k != "follows"})) == (
+        "dispute.follows"
+    )
+    assert field_of(canonical_json({**close, "follows": "11"})) == "dispute.follows"
 
 
 def test_withdrawals_carry_no_terms() -> None:
@@ -352,8 +390,11 @@ _entries = st.one_of(
               st.from_regex(r"[A-Z]{3}", fullmatch=True)),
     _manifests().map(lambda m: sign_manifest(m, CREATOR)),
     _statements().map(lambda s: sign_statement(s, BILLING)),
-    st.builds(lambda line, reason: sign_dispute(dispute(line=line, reason=reason), CREATOR),
-              st.integers(1, 10**6), st.from_regex(r"[ -~]{1,60}", fullmatch=True)),
+    st.builds(lambda line, reason, action, follows: sign_dispute(
+        dispute(line=line, reason=reason, action=action,
+                follows=follows if follows is not None or action == "open" else 0), CREATOR),
+              st.integers(1, 10**6), st.from_regex(r"[ -~]{1,60}", fullmatch=True),
+              st.sampled_from(("open", "close")), st.none() | st.integers(0, 2**53 - 1)),
     st.builds(lambda amount, start, c: sign_revenue(
         revenue(amount_minor=amount, period_start_ms=start, period_end_ms=start + 1,
                 consumer_id=c), OPERATOR), st.integers(0, 2**50), _ms, _ids),

@@ -115,10 +115,17 @@ export async function importSigningKey(text) {
   return { name, key, verifier };
 }
 
-/** The signed dispute entry (a JSON object, as decode_entry reads it). */
-export async function signDispute({ creatorId, statement, line, reason }, signing) {
+/**
+ * The signed dispute entry (a JSON object, as decode_entry reads it) opening a line. `follows`
+ * is the index of the line's latest close (null the first time the line is disputed): the
+ * log refuses an open that does not follow it, so an old one cannot be replayed.
+ */
+export async function signDispute({ creatorId, statement, line, reason, follows = null }, signing) {
   if (!Number.isSafeInteger(line) || line < 1) throw fieldError("dispute.line", "must be a whole number from 1");
   if (!REASON.test(reason)) throw fieldError("dispute.reason", "printable ASCII, 1 to 1,000 characters");
+  if (follows !== null && (!Number.isSafeInteger(follows) || follows < 0)) {
+    throw fieldError("dispute.follows", "must be an entry index");
+  }
   if (signing.name !== creatorId) {
     throw fieldError("key", `the key is ${signing.name}'s, the statement ${creatorId}'s`);
   }
@@ -126,6 +133,7 @@ export async function signDispute({ creatorId, statement, line, reason }, signin
     kind: "dispute", action: "open", by: "creator", creator_id: creatorId, statement, line,
     reason, key_id: keyIdHex(signing.verifier.keyId),
   };
+  if (follows !== null) entry.follows = follows;
   const signature = new Uint8Array(await crypto.subtle.sign({ name: "Ed25519" }, signing.key, signedMessage(entry)));
   return { ...entry, signature: encodeB64(signature) };
 }
@@ -372,6 +380,13 @@ function disputeMessage(err) {
   return err.message || String(err);
 }
 
+/** The index of the line's latest close, which a new open follows (null: never disputed). */
+async function latestClose(statement, line) {
+  const listed = (await getJSON("/v1/disputes", { creator: state.creator, statement })).disputes;
+  const mine = listed.filter((d) => d.line === line).sort((a, b) => a.opened_index - b.opened_index);
+  return mine.length ? mine[mine.length - 1].closed_index : null;
+}
+
 async function sendDispute(event) {
   event.preventDefault();
   const result = $("dispute-result");
@@ -386,7 +401,8 @@ async function sendDispute(event) {
     const keyText = $("dispute-key").value;
     if (!keyText.trim()) throw fieldError("key", "paste your creator signing key");
     const signing = await importSigningKey(keyText);
-    const entry = await signDispute({ creatorId: state.creator, statement: record.digest, line, reason: $("dispute-reason").value }, signing);
+    const follows = await latestClose(record.digest, line);
+    const entry = await signDispute({ creatorId: state.creator, statement: record.digest, line, reason: $("dispute-reason").value, follows }, signing);
     const answer = await postJSON("/v1/disputes", entry);
     let proof = "its inclusion was not checked (no log key)";
     if (state.logKey) {
