@@ -388,7 +388,9 @@ def _run_evidence(args: argparse.Namespace) -> int:
     if fork is not None and fork.anchors:
         confirm = getattr(args, "confirm_anchors", None)
         if confirm is not None and getattr(args, "rpc", None) is not None:
-            confirm(args, report, fork)  # set by cli.anchor, which may reach a chain
+            status = confirm(args, report, fork)  # cli.anchor's: the anchors on chain
+            if status is not None:
+                return int(status)
         else:
             anchors_not_checked(report, fork, "not checked offline (give --rpc URL)")
     return emit_evidence(report, fork, as_json=args.json)
