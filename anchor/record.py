@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tlog.errors import MalformedError
+from tlog.evidence import Anchor as EvidenceAnchor
 from tlog.hashing import HASH_SIZE
 from tlog.parsing import encode_b64
 
@@ -207,6 +208,21 @@ class AnchorRecord:
     @property
     def root_hash(self) -> bytes:
         return self.event.root_hash
+
+    def as_evidence(self) -> EvidenceAnchor:
+        """The anchor as fork evidence states it (``tlog.evidence``; its origin is the
+        checkpoint's beside it there)."""
+        return EvidenceAnchor(
+            chain_id=self.chain_id,
+            contract=self.contract,
+            block_number=self.block_number,
+            block_hash=self.block_hash,
+            tx_hash=self.tx_hash,
+            log_index=self.log_index,
+            sender=self.sender,
+            tree_size=self.tree_size,
+            root_hash=self.root_hash,
+        )
 
     def to_json(self) -> dict[str, object]:
         """The record as JSON values: hashes of the chain in 0x-hex, tlog's in base64."""

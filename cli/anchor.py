@@ -6,10 +6,19 @@ origin in the anchor contract (whose code must be the committed contract's, or i
 prove nothing); keep those sent by the log's anchoring address; and check each anchored
 (tree size, root hash) against the verified checkpoint — equal roots at equal sizes, else a
 consistency proof fetched from the log and verified here with tlog against the checkpoint's
-root. An anchor the log cannot prove consistent is a fork: the evidence (the signed
-checkpoint, the anchor's chain coordinates and event, the proof) goes to a self-contained
-JSON file, and the exit code is 10. The log's own list of final anchors (``/v1/anchors``)
-is checked against the chain too.
+root. The proof and the log's own root at the anchored size are computed here from tiles
+authenticated against the checkpoint (``verifier.client.VerifiedTree``), never taken from the
+log's JSON. An anchored root that is not the log's root at that size is a fork: the evidence
+(``tlog.evidence``: the anchor, the signed checkpoint, the log's root at the anchored size and
+the proof) goes to a file that ``meterlog verify evidence`` accepts, and the exit code is 10.
+An anchored size larger than the checkpoint's (the log went back, or serves an old
+checkpoint) fails (exit 1) but proves no fork. The log's own list of final anchors
+(``/v1/anchors``) is checked against the chain too.
+
+It also adds ``--rpc``/``--from``/``--chain-id`` to ``verify evidence``
+(:func:`add_verify_evidence_chain_flags`): with them, each anchor in an evidence file is
+looked up on chain (the transaction's receipt, its block, the event at its log index, the
+contract's code) instead of being taken as the file states it.
 
 The verifier package may not import anchor (web3 stays out of the verifier's install), so
 this command is assembled here, beside the ``verify`` commands of verifier.cli, with their
@@ -31,14 +40,14 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from anchor.record import AnchorRecord, encode_anchored_event, origin_hash, parse_address
+from anchor.record import AnchoredEvent, AnchorRecord, origin_hash, parse_address
 from anchor.secret import AnchorKey, AnchorKeyError
 from cli.client import LogUnavailableError, answer_json, get, log_url
-from tlog.checkpoint import SignedCheckpoint, open_checkpoint
+from tlog.checkpoint import open_checkpoint
 from tlog.errors import MalformedError, VerificationError
-from tlog.note import Verifier, format_vkey
+from tlog.evidence import Anchor, Fork, ForkEvidence, format_fork_evidence, verify_fork_evidence
+from tlog.note import Verifier
 from tlog.parsing import decode_b64, encode_b64
-from tlog.proofs import verify_consistency
 from verifier.cli import (
     EXIT_FAILED,
     EXIT_FORK,
@@ -47,20 +56,21 @@ from verifier.cli import (
     UsageError,
     load_vkey,
 )
+from verifier.client import LogClient, VerifiedTree
+from verifier.client import LogUnavailableError as TilesUnavailableError
 from verifier.offline import Report
 
 if TYPE_CHECKING:
     from anchor.chain import Chain
 
 __all__ = [
-    "EVIDENCE_FORMAT",
     "AnchorVerdict",
     "add_anchor_commands",
     "add_verify_anchor_command",
+    "add_verify_evidence_chain_flags",
     "verify_anchors",
 ]
 
-EVIDENCE_FORMAT = "meterlog anchor fork evidence v1"
 ANCHOR_KEY_ENV = "METERLOG_ANCHOR_KEY"
 _PAGE = 1000
 
@@ -70,7 +80,8 @@ class AnchorVerdict:
     """What :func:`verify_anchors` found: the report, the forks, and the exit code."""
 
     report: Report
-    forks: list[dict[str, Any]] = field(default_factory=list)
+    forks: list[ForkEvidence] = field(default_factory=list)
+    """The evidence of each anchor the log's tree contradicts, in chain order."""
 
     @property
     def exit_code(self) -> int:
@@ -102,105 +113,27 @@ def _log_anchors(http: httpx.Client, base: str) -> tuple[dict[str, Any] | None, 
         after = next_after
 
 
-def _consistency_proof(
-    http: httpx.Client, base: str, old_size: int, new_size: int
-) -> list[bytes] | str:
-    """The log's consistency proof, or why it gave none (a 4xx answer, a malformed body)."""
-    url = f"{base}/v1/proofs/consistency?old_size={old_size}&new_size={new_size}"
-    response = get(url, http)
-    if response.status_code != 200:
-        return f"the log answered HTTP {response.status_code}: {response.text[:200]}"
-    body = answer_json(response)
-    proof = body.get("proof")
-    if not isinstance(proof, list) or not all(isinstance(h, str) for h in proof):
-        return "the log's answer has no proof list"
-    try:
-        return [decode_b64(h, "proof") for h in proof]
-    except MalformedError as exc:
-        return f"the log's proof is malformed: {exc}"
-
-
-# -- the check ------------------------------------------------------------------------------
-
-
-def _evidence(
-    base: str,
-    signed: SignedCheckpoint,
-    *,
-    log_keys: Sequence[Verifier],
-    record: AnchorRecord,
-    reason: str,
-    proof: list[bytes] | None,
-) -> dict[str, Any]:
-    """Everything needed to show the fork to anyone, with no trust in this program: the
-    checkpoint the log signed, the anchor its address sent (where to find it on chain, and
-    the event's bytes), and the proof that does not join them."""
-    checkpoint = signed.checkpoint
-    topics, data = encode_anchored_event(record.event)
-    event = {"topics": ["0x" + t.hex() for t in topics], "data": "0x" + data.hex()}
-    return {
-        "format": EVIDENCE_FORMAT,
-        "reason": reason,
-        "log": base,
-        "origin": checkpoint.origin,
-        "log_keys": [format_vkey(k) for k in log_keys],
-        "checkpoint": signed.signed_note.decode("utf-8"),
-        "anchor": {**record.to_json(), "event": event},
-        "consistency_proof": None
-        if proof is None
-        else {
-            "old_size": record.tree_size,
-            "new_size": checkpoint.tree_size,
-            "proof": [encode_b64(h) for h in proof],
-        },
-        "how_to_check": (
-            "The checkpoint is signed by the log key (meterlog verify checkpoint). The anchor "
-            "is the Anchored event at (chain_id, block_hash, tx_hash, log_index) of the "
-            "contract, sent by the log's anchoring address: (tree_size, root_hash) is what the "
-            "log committed to on chain. No consistency proof from that tree to the "
-            "checkpoint's verifies (RFC 9162 2.1.4.2), so the log showed two histories."
-        ),
-    }
-
-
 def _check_anchor(
-    http: httpx.Client,
-    base: str,
-    signed: SignedCheckpoint,
-    record: AnchorRecord,
-) -> tuple[str | None, list[bytes] | None]:
-    """None if ``record`` is consistent with the verified checkpoint, else why (a fork),
-    with the proof the log gave, if any."""
-    checkpoint = signed.checkpoint
-    if record.tree_size > checkpoint.tree_size:
-        return (
+    tree: VerifiedTree, log_keys: Sequence[Verifier], record: AnchorRecord
+) -> ForkEvidence | None:
+    """None if ``record`` anchored the root the verified tree has at its size; else the fork
+    evidence. Raises VerificationError when the anchor cannot be checked as a prefix (it
+    is larger than the tree) or the log's tiles do not match its checkpoint, and
+    LogUnavailableError when the log does not serve them."""
+    signed = tree.signed
+    size = signed.checkpoint.tree_size
+    if record.tree_size > size:
+        raise VerificationError(
             f"anchored tree size {record.tree_size} is larger than the log's checkpoint "
-            f"({checkpoint.tree_size}): the log went back on what it anchored",
-            None,
+            f"({size}): the log went back on what it anchored, or serves an old checkpoint "
+            "(no fork is proven until it grows another history)"
         )
-    if record.tree_size == checkpoint.tree_size:
-        if record.root_hash != checkpoint.root_hash:
-            return (
-                f"two roots for tree size {record.tree_size}: "
-                f"{encode_b64(record.root_hash)} anchored, "
-                f"{encode_b64(checkpoint.root_hash)} in the checkpoint",
-                [],
-            )
-        return None, None
-    proof = _consistency_proof(http, base, record.tree_size, checkpoint.tree_size)
-    if isinstance(proof, str):
-        return f"no consistency proof from the anchored tree: {proof}", None
-    try:
-        verify_consistency(
-            record.tree_size,
-            checkpoint.tree_size,
-            proof,
-            record.root_hash,
-            checkpoint.root_hash,
-        )
-    except (VerificationError, MalformedError) as exc:
-        return f"the anchored tree is not a prefix of the checkpoint's: {exc}", proof
-    return None, None
+    proof, prefix = tree.prefix_proof(record.tree_size)
+    if prefix == record.root_hash:
+        return None
+    evidence = ForkEvidence(record.as_evidence(), signed.signed_note, tuple(proof), prefix)
+    verify_fork_evidence(evidence, log_keys)  # what anyone will check: it must hold here
+    return evidence
 
 
 def _where(record: AnchorRecord) -> str:
@@ -317,38 +250,65 @@ def verify_anchors(
     describe, listed = _log_anchors(http, base)
     sender = _anchoring_address(report, base, describe, sender)
     records = find_anchors(chain, contract, checkpoint.origin, from_block=from_block)
-    listing: list[dict[str, Any]] = []
     ours = [r for r in records if r.sender == sender]
-    for record in records:
-        entry = {**record.to_json(), "verdict": "consistent"}
-        listing.append(entry)
-        if record.sender != sender:
-            entry["verdict"] = "not the log's"
-            report.skipped(
-                f"anchor of size {record.tree_size}",
-                f"{_where(record)} sent by {record.sender}, not the log's address: ignored",
-            )
-            continue
-        reason, proof = _check_anchor(http, base, signed, record)
-        if reason is None:
-            detail = (
-                "the checkpoint's own root"
-                if record.tree_size == checkpoint.tree_size
-                else f"consistent with the checkpoint of size {checkpoint.tree_size}"
-            )
-            report.passed(f"anchor of size {record.tree_size}", f"{_where(record)}: {detail}")
-            continue
-        entry["verdict"] = "fork"
-        report.failed(f"anchor of size {record.tree_size}", VerificationError(f"FORK: {reason}"))
-        verdict.forks.append(
-            _evidence(base, signed, log_keys=log_keys, record=record, reason=reason, proof=proof)
-        )
+    timeout = http.timeout.read
+    with LogClient(base, timeout_s=30.0 if timeout is None else timeout) as tiles:
+        tree = VerifiedTree(tiles, signed)
+        try:
+            listing = [_judge(verdict, tree, log_keys, record, sender) for record in records]
+        except TilesUnavailableError as exc:
+            raise LogUnavailableError(str(exc)) from exc
     if not ours:
         report.skipped("anchors", f"no anchor from {sender} for {checkpoint.origin} yet")
     report.facts["anchors"] = listing
     if describe is not None:
         _cross_check(report, listed, records, chain, contract)
     return verdict
+
+
+def _judge(
+    verdict: AnchorVerdict,
+    tree: VerifiedTree,
+    log_keys: Sequence[Verifier],
+    record: AnchorRecord,
+    sender: str,
+) -> dict[str, Any]:
+    """Check one anchor found on chain, into the report; its entry in the JSON listing."""
+    report, size = verdict.report, tree.tree_size
+    name = f"anchor of size {record.tree_size}"
+    entry = {**record.to_json(), "verdict": "consistent"}
+    if record.sender != sender:
+        entry["verdict"] = "not the log's"
+        report.skipped(
+            name, f"{_where(record)} sent by {record.sender}, not the log's address: ignored"
+        )
+        return entry
+    try:
+        evidence = _check_anchor(tree, log_keys, record)
+    except VerificationError as exc:
+        entry["verdict"] = "failed"
+        report.failed(name, exc)
+        return entry
+    if evidence is None:
+        detail = (
+            "the checkpoint's own root"
+            if record.tree_size == size
+            else f"consistent with the checkpoint of size {size}"
+        )
+        report.passed(name, f"{_where(record)}: {detail}")
+        return entry
+    entry["verdict"] = "fork"
+    assert evidence.prefix is not None  # noqa: S101 -- written with it
+    report.failed(
+        name,
+        VerificationError(
+            f"FORK: {_where(record)}: two roots for tree size {record.tree_size}: "
+            f"{encode_b64(record.root_hash)} anchored, {encode_b64(evidence.prefix)} in the "
+            f"log's tree of size {size}"
+        ),
+    )
+    verdict.forks.append(evidence)
+    return entry
 
 
 # -- the commands ---------------------------------------------------------------------------
@@ -364,9 +324,10 @@ def _emit(verdict: AnchorVerdict, as_json: bool) -> None:
         print(f"  {check.status:<12} {check.name}: {check.detail}", file=sys.stderr)
 
 
-def _write_evidence(path: Path, forks: list[dict[str, Any]]) -> None:
-    text = json.dumps({"format": EVIDENCE_FORMAT, "forks": forks}, indent=2, sort_keys=True)
-    path.write_text(text + "\n", encoding="utf-8")
+def _write_evidence(path: Path, evidence: ForkEvidence) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(format_fork_evidence(evidence))
+    partial.replace(path)
 
 
 def _run_verify(args: argparse.Namespace) -> int:
@@ -404,13 +365,17 @@ def _run_verify(args: argparse.Namespace) -> int:
         return EXIT_UNAVAILABLE
     if verdict.forks:
         path = Path(args.evidence)
-        _write_evidence(path, verdict.forks)
+        try:
+            _write_evidence(path, verdict.forks[0])
+        except OSError as exc:
+            raise UsageError(f"--evidence {path}: {exc.strerror or exc}") from exc
         verdict.report.facts["evidence"] = str(path)
     _emit(verdict, args.json)
     if verdict.forks:
         print(
-            f"{len(verdict.forks)} anchor(s) inconsistent with the log: evidence in "
-            f"{args.evidence}",
+            f"{len(verdict.forks)} anchor(s) contradict the log's tree: the evidence of the "
+            f"first is in {args.evidence}; anyone can check it with meterlog verify evidence "
+            f"{args.evidence} --key KEY --rpc URL",
             file=sys.stderr,
         )
     return verdict.exit_code
@@ -425,7 +390,7 @@ def _address(value: str, flag: str) -> str:
 
 _EXIT_HELP = (
     "\n\nexit codes: 0 verified, 1 verification failed, 2 usage error, "
-    "3 log or node unavailable, 10 an anchor is inconsistent with the log (a fork; the "
+    "3 log or node unavailable, 10 an anchor contradicts the log's tree (a fork; the "
     "evidence file is written)"
 )
 
@@ -484,15 +449,108 @@ def add_verify_anchor_command(verify: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--evidence",
-        default="anchor-fork-evidence.json",
+        default="anchor-fork.evidence",
         metavar="FILE",
-        help="where to write the evidence of a fork (default: %(default)s)",
+        help="where to write the evidence of the first fork found, for meterlog verify "
+        "evidence (default: %(default)s)",
     )
     parser.add_argument(
         "--timeout", type=float, default=30.0, metavar="S", help="HTTP timeout to the log"
     )
     parser.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     parser.set_defaults(func=_run_verify)
+
+
+def add_verify_evidence_chain_flags(verify: argparse.ArgumentParser) -> None:
+    """Give verifier.cli's ``verify evidence`` the flags that check its anchors on chain."""
+    parser = _verify_parser(verify).choices["evidence"]
+    chain = parser.add_argument_group("anchors (checked on chain only with --rpc)")
+    chain.add_argument(
+        "--rpc", metavar="URL",
+        help="a JSON-RPC URL of the anchor's chain: look each anchor up there (its "
+        "transaction's receipt, block, event and the contract's code) instead of taking it "
+        "as the file states it",
+    )  # fmt: skip
+    chain.add_argument(
+        "--from", dest="sender", metavar="ADDR",
+        help="the log's anchoring address: each anchor must have been sent by it",
+    )  # fmt: skip
+    parser.set_defaults(confirm_anchors=_confirm_anchors)
+
+
+def _confirm_anchors(args: argparse.Namespace, report: Report, fork: Fork) -> int | None:
+    """Check each anchor of ``fork`` on the chain at ``--rpc``, into the report; an exit code
+    if the node could not be asked."""
+    from anchor.chain import Chain, ChainError, ChainUnavailableError  # noqa: PLC0415
+
+    sender = None if args.sender is None else _address(args.sender, "--from")
+    try:
+        chain = Chain.connect(args.rpc)
+        for anchor in fork.anchors:
+            _confirm_anchor(report, chain, anchor, fork.origin, sender)
+    except MalformedError as exc:
+        raise UsageError(f"--rpc {args.rpc}: {exc.reason}") from None
+    except ChainUnavailableError as exc:
+        print(f"meterlog verify evidence: unavailable: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except ChainError as exc:
+        print(f"meterlog verify evidence: the node failed: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    return None
+
+
+def _confirm_anchor(
+    report: Report, chain: Chain, anchor: Anchor, origin: str, sender: str | None
+) -> None:
+    """Is ``anchor`` the ``Anchored`` event the file says, where it says, and whose?"""
+    from anchor.chain import NotAnchorContractError  # noqa: PLC0415
+
+    tx = f"tx 0x{anchor.tx_hash.hex()}"
+    name = f"anchor of size {anchor.tree_size} on chain"
+    try:
+        if chain.chain_id != anchor.chain_id:
+            raise VerificationError(
+                f"{chain.name} serves chain {chain.chain_id}, the anchor is on {anchor.chain_id}"
+            )
+        try:
+            chain.check_contract(anchor.contract)
+        except NotAnchorContractError as exc:
+            raise VerificationError(str(exc)) from None
+        mined = chain.receipt(anchor.tx_hash, anchor.contract)
+        if mined is None:
+            raise VerificationError(f"{tx} is in no block of chain {chain.chain_id}")
+        if (mined.block_number, mined.block_hash) != (anchor.block_number, anchor.block_hash):
+            raise VerificationError(
+                f"{tx} is in block {mined.block_number} (0x{mined.block_hash.hex()}), not in "
+                f"block {anchor.block_number} (0x{anchor.block_hash.hex()}) as the file says"
+            )
+        want = AnchoredEvent(origin_hash(origin), anchor.sender, anchor.tree_size, anchor.root_hash)
+        if not any(r.log_index == anchor.log_index and r.event == want for r in mined.records):
+            raise VerificationError(
+                f"{tx} holds no Anchored event of {anchor.contract} at log index "
+                f"{anchor.log_index} with this anchor of {origin}"
+            )
+    except VerificationError as exc:
+        report.failed(name, exc)
+        return
+    report.passed(
+        name,
+        f"{tx}, block {anchor.block_number} (0x{anchor.block_hash.hex()}) of chain "
+        f"{anchor.chain_id}: the Anchored event of the anchor contract {anchor.contract} at "
+        f"log index {anchor.log_index}, as the file states it",
+    )
+    if sender is None:
+        report.skipped(
+            "anchoring address",
+            f"that {anchor.sender} is the log's anchoring address: not checked (give --from)",
+        )
+    elif sender != anchor.sender:
+        report.failed(
+            "anchoring address",
+            VerificationError(f"the anchor was sent by {anchor.sender}, not --from {sender}"),
+        )
+    else:
+        report.passed("anchoring address", f"{sender} (--from) sent it")
 
 
 def _read_key(args: argparse.Namespace) -> AnchorKey:

@@ -17,6 +17,7 @@ receipts stay spooled), 10 the log forked.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import signal
@@ -124,12 +125,18 @@ def _submitter(args: argparse.Namespace, spool: Spool, target: tuple[str, Verifi
         ) from exc
 
 
-def _failure_status(exc: Exception) -> int:
-    """The exit code for why a submitter stopped, after saying why on stderr."""
+def _failure_status(exc: Exception, spool_dir: Path) -> int:
+    """The exit code for why a submitter stopped, after saying why on stderr (and, for a
+    fork, writing its evidence into the spool directory)."""
     if isinstance(exc, LogForkError):
         print(f"meterlog: LOG FORK DETECTED: {exc}", file=sys.stderr)
-        print(f"  checkpoint 1:\n{exc.old_checkpoint.decode(errors='replace')}", file=sys.stderr)
-        print(f"  checkpoint 2:\n{exc.new_checkpoint.decode(errors='replace')}", file=sys.stderr)
+        path = spool_dir / f"fork-{hashlib.sha256(exc.evidence).hexdigest()[:16]}.evidence"
+        try:
+            path.write_bytes(exc.evidence)
+            print(f"  evidence: {path} (meterlog verify evidence checks it)", file=sys.stderr)
+        except OSError as error:
+            print(f"  the evidence could not be written to {path}: {error}", file=sys.stderr)
+            sys.stderr.buffer.write(exc.evidence)
         return EXIT_FORK
     if isinstance(exc, LogMisbehaviourError):
         print(f"meterlog: STOPPED, nothing of the batch stored: {exc}", file=sys.stderr)
@@ -171,7 +178,7 @@ def _run_submit(args: argparse.Namespace) -> int:
                 try:
                     submitter.drain(_sleep, give_up_after=args.retries)
                 except (LogMisbehaviourError, LogRefusedError, LogUnavailableError) as exc:
-                    status = _failure_status(exc)
+                    status = _failure_status(exc, Path(args.spool))
             rows = [spool.receipt(r.edge, r.request_id) for r in receipts]
     except SpoolBusyError as exc:
         raise UsageError(str(exc)) from exc
@@ -228,7 +235,7 @@ def _run_run(args: argparse.Namespace) -> int:
                     else:
                         submitter.run(stop)
                 except (LogMisbehaviourError, LogRefusedError, LogUnavailableError) as exc:
-                    return _failure_status(exc)
+                    return _failure_status(exc, Path(args.spool))
                 except KeyboardInterrupt:
                     pass
             left = spool.status().pending

@@ -10,7 +10,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cli.anchor import add_anchor_commands, add_verify_anchor_command
+from cli.anchor import (
+    add_anchor_commands,
+    add_verify_anchor_command,
+    add_verify_evidence_chain_flags,
+)
 from cli.billing import add_billing_commands, add_verify_statement_command
 from cli.catalog import add_catalog_commands
 from cli.demo import add_demo_command
@@ -38,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_receipts_commands(commands)
     add_witness_commands(commands)
     add_verify_anchor_command(commands.choices["verify"])
+    add_verify_evidence_chain_flags(commands.choices["verify"])
     add_verify_statement_command(commands.choices["verify"])
     add_catalog_commands(commands)
     add_billing_commands(commands)

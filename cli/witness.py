@@ -58,9 +58,17 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     import uvicorn  # noqa: PLC0415 -- the server's dependencies load only to serve
 
-    from verifier.witness import create_witness_app  # noqa: PLC0415
+    from verifier.witness import FailureLimit, create_witness_app  # noqa: PLC0415
 
-    app = create_witness_app(key, logs, Path(args.db), lambda: int(time.time()))
+    if args.failure_burst < 1 or not args.failure_interval > 0 or args.max_refused < 0:
+        raise UsageError(
+            "--failure-burst and --failure-interval must be positive, --max-refused 0 or more"
+        )
+    failures = FailureLimit(burst=args.failure_burst, interval_s=args.failure_interval)
+    app = create_witness_app(
+        key, logs, Path(args.db), lambda: int(time.time()), failures=failures,
+        max_refused=args.max_refused,
+    )  # fmt: skip
     vkey = format_vkey(Verifier(key.name, ALG_COSIGNATURE_V1, key.public_key))
 
     class Server(uvicorn.Server):
@@ -105,7 +113,8 @@ def add_witness_commands(subparsers: argparse._SubParsersAction[argparse.Argumen
         description="Cosign each log's checkpoints, with the key in --key-file (made by "
         "meterlog keygen; cosignature/v1, type 0x04), only when each is consistent with the "
         "last one cosigned for its origin. State (the latest cosigned checkpoint per origin, "
-        "and refused ones with fork evidence) is kept in the SQLite file --db. Exit codes: "
+        "and refused ones that prove a fork, as fork evidence) is kept in the SQLite file "
+        "--db. An address with too many refused requests gets 429. Exit codes: "
         "0 stopped, 2 usage error, 3 cannot listen.",
     )
     serve.add_argument("--key-file", required=True, metavar="FILE", help="the witness's key")
@@ -118,6 +127,19 @@ def add_witness_commands(subparsers: argparse._SubParsersAction[argparse.Argumen
     serve.add_argument("--db", default="witness.db", metavar="FILE", help="default: witness.db")
     serve.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
     serve.add_argument("--port", type=int, default=8081, help="default: 8081 (0: any free port)")
+    serve.add_argument(
+        "--failure-burst", type=int, default=10, metavar="N",
+        help="answers other than 200 one client address may have at once before it gets 429 "
+        "(default: 10)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--failure-interval", type=float, default=6.0, metavar="S",
+        help="then one more every S seconds (default: 6)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--max-refused", type=int, default=100, metavar="N",
+        help="fork evidence kept per origin, at most (default: 100)",
+    )  # fmt: skip
     serve.set_defaults(func=_run_serve)
     vkey = verbs.add_parser(
         "vkey", help="print the witness's cosignature/v1 verifier key (for policies and logs)"

@@ -10,10 +10,11 @@ checkpoint signed by the configured log key (and origin), the inclusion proof at
 the answer names, and the logged entry must be exactly the receipt sent plus the log's
 ``logged_at_ms``. Each new checkpoint must also be consistent with the last one this spool
 verified (a consistency proof from the log's read API), so a log that shows this edge a
-forked tree is caught. Only then are the batch's answers stored, in one transaction. An
-answer that fails any check raises :class:`LogMisbehaviourError` (a fork:
-:class:`LogForkError`): nothing of the batch is stored, and the submitter stops; the
-receipts stay pending, and nothing is lost.
+forked tree is caught; when the proof shows another root at the older size, that is a fork
+proven (:class:`LogForkError`, with the evidence file), else just a bad proof. Only then
+are the batch's answers stored, in one transaction. An answer that fails any check raises
+:class:`LogMisbehaviourError` (a fork: :class:`LogForkError`): nothing of the batch is
+stored, and the submitter stops; the receipts stay pending, and nothing is lost.
 
 ``rejected`` and ``conflict`` answers are stored as such, with the log's reason, and logged
 loudly: the log refused those receipts (e.g. the edge key is not registered yet), and
@@ -51,10 +52,10 @@ from edge_signer.spool import Answer, PendingReceipt, Spool, now_ms
 from tlog.bundle import parse_bundle, verify_bundle_inclusion
 from tlog.checkpoint import SignedCheckpoint, open_checkpoint
 from tlog.entry import Receipt, decode_entry, encode_entry
-from tlog.errors import MalformedError, VerificationError
+from tlog.errors import InconsistentLogError, MalformedError, VerificationError
+from tlog.evidence import ForkEvidence, format_fork_evidence, verify_checkpoints_consistent
 from tlog.note import Verifier
 from tlog.parsing import decode_b64
-from tlog.proofs import verify_consistency
 
 __all__ = [
     "Backoff",
@@ -107,14 +108,18 @@ class LogMisbehaviourError(Exception):
 
 
 class LogForkError(LogMisbehaviourError):
-    """Two checkpoints of the log that no consistency proof joins: evidence of a fork.
+    """Two checkpoints of the log with two roots for one size: a fork, proven.
 
-    ``old_checkpoint`` and ``new_checkpoint`` are the two signed notes."""
+    ``old_checkpoint`` and ``new_checkpoint`` are the two signed notes, ``evidence`` the fork
+    evidence file (``tlog.evidence``) that ``meterlog verify evidence`` checks."""
 
-    def __init__(self, reason: str, old_checkpoint: bytes, new_checkpoint: bytes) -> None:
+    def __init__(
+        self, reason: str, old_checkpoint: bytes, new_checkpoint: bytes, evidence: bytes
+    ) -> None:
         super().__init__(reason)
         self.old_checkpoint = old_checkpoint
         self.new_checkpoint = new_checkpoint
+        self.evidence = evidence
 
 
 class SpoolBusyError(Exception):
@@ -421,14 +426,19 @@ class Submitter:
         if 0 < old_size < new_size:
             proof = self._consistency_proof(old_size, new_size)
         try:
-            verify_consistency(
-                old_size, new_size, proof, old.checkpoint.root_hash, new.checkpoint.root_hash
-            )
-        except VerificationError as exc:
+            verify_checkpoints_consistent(old, new, proof)
+        except InconsistentLogError as exc:
             raise LogForkError(
-                f"checkpoints of sizes {old_size} and {new_size} are not consistent: {exc}",
+                f"checkpoints of sizes {old_size} and {new_size} are not one history: {exc.reason}",
                 old.signed_note,
                 new.signed_note,
+                format_fork_evidence(ForkEvidence.from_error(exc)),
+            ) from exc
+        except (VerificationError, MalformedError) as exc:
+            # A proof that shows nothing (a bad proof, or one from a power of two, which
+            # leaves the old root out): misbehaviour, but no evidence of a fork to keep.
+            raise LogMisbehaviourError(
+                f"the log's consistency proof from {old_size} to {new_size} fails: {exc}"
             ) from exc
 
     def _consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:

@@ -70,10 +70,12 @@ class ProofError(VerificationError):
 
 
 class InconsistentLogError(VerificationError):
-    """Two checkpoints of one log that no consistency proof joins: evidence of a fork.
+    """Two checkpoints of one log with two roots for one tree size: evidence of a fork.
 
-    Carries both signed checkpoints (note bytes) and the proof that failed, so the error can be
-    written out as self-contained evidence.
+    Carries both signed checkpoints (note bytes), the consistency proof from the older's size
+    to the newer tree, and ``prefix``, the root the newer tree has at the older's size (which
+    is not the older's root), so the error can be written out as self-contained evidence
+    (``tlog.evidence``).
     """
 
     def __init__(
@@ -83,12 +85,14 @@ class InconsistentLogError(VerificationError):
         old_checkpoint: bytes,
         new_checkpoint: bytes,
         proof: tuple[bytes, ...],
+        prefix: bytes,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.old_checkpoint = old_checkpoint
         self.new_checkpoint = new_checkpoint
         self.proof = proof
+        self.prefix = prefix
 
 
 class InvalidSignatureError(VerificationError):

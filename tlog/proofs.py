@@ -23,6 +23,10 @@ Policy outside the RFC's ``0 < old_size < new_size`` (the C2SP tlog-witness rule
   outright; the tests record where the two policies differ.)
 * ``old_size > new_size``: an error.
 
+:func:`consistency_old_root` runs the same steps from the new tree's side alone: the root
+that a proof leading to ``new_root`` shows for ``old_size``, whatever root was claimed for
+it — what fork evidence rests on (:mod:`tlog.evidence`).
+
 Neither kind of proof binds the tree size by itself: the size-3 path of leaf 0 also verifies
 as size 4 against the same root, and PROOF(1, D[3]) also verifies as 1 -> 4 against the same
 two roots. So callers must take each size and root together from a verified checkpoint.
@@ -41,6 +45,7 @@ from tlog.merkle import HashReader, check_tree_size, range_hash, range_indexes
 __all__ = [
     "MAX_CONSISTENCY_PROOF_LENGTH",
     "MAX_PROOF_LENGTH",
+    "consistency_old_root",
     "consistency_proof",
     "consistency_proof_from",
     "consistency_proof_indexes",
@@ -340,6 +345,64 @@ def verify_consistency(
     # A power-of-two old tree is itself a complete subtree, left out of the proof.
     if old_size & (old_size - 1) == 0:
         path.insert(0, old_root)
+    fr, sr = _consistency_roots(old_size, new_size, path)
+    if fr != old_root:
+        raise ProofError("proof does not lead to the old root", expected=old_root, calculated=fr)
+    if sr != new_root:
+        raise ProofError("proof does not lead to the new root", expected=new_root, calculated=sr)
+
+
+def consistency_old_root(
+    old_size: int, new_size: int, proof: Sequence[bytes], new_root: bytes
+) -> bytes:
+    """The root of the first ``old_size`` entries of the tree (``new_size``, ``new_root``),
+    as ``proof`` shows it: RFC 9162 2.1.4.2 run from the new tree's side alone.
+
+    A consistency proof is made of the new tree's own subtree hashes. If they lead to
+    ``new_root``, they are those hashes (SHA-256 is collision resistant, and the 0x00/0x01
+    prefixes keep leaves and nodes apart), so the old root they lead to is that tree's
+    prefix, whatever root anybody claimed for ``old_size``. A proof from a tree that does
+    not extend a checkpoint thus shows that checkpoint's size with another root: fork
+    evidence (:mod:`tlog.evidence`).
+
+    Raises ProofError when the proof does not lead to ``new_root`` (it shows nothing then),
+    or when ``old_size`` is a power of two below ``new_size``: that proof leaves the old
+    tree's root out (its verifier knows it), so it cannot show it. For ``old_size ==
+    new_size`` the proof must be empty and the answer is ``new_root``; for ``old_size == 0``
+    it must be empty and the answer is SHA-256("").
+    """
+    _check_uint64(old_size, "old_size")
+    _check_uint64(new_size, "new_size")
+    _check_hash(new_root, "new_root")
+    _check_proof(proof, MAX_CONSISTENCY_PROOF_LENGTH)
+    if old_size > new_size:
+        raise ProofError(f"old_size {old_size} is larger than new_size {new_size}")
+    if old_size in (0, new_size):
+        if proof:
+            raise ProofError(
+                "a proof from the empty tree must be empty"
+                if old_size == 0
+                else "a proof between equal sizes must be empty"
+            )
+        return EMPTY_ROOT if old_size == 0 else new_root
+    if old_size & (old_size - 1) == 0:
+        raise ProofError(
+            f"a proof from size {old_size} (a power of two) leaves the old root out: "
+            "it cannot show it"
+        )
+    if not proof:
+        raise ProofError("empty consistency proof between different sizes")
+    fr, sr = _consistency_roots(old_size, new_size, proof)
+    if sr != new_root:
+        raise ProofError("proof does not lead to the new root", expected=new_root, calculated=sr)
+    return fr
+
+
+def _consistency_roots(old_size: int, new_size: int, path: Sequence[bytes]) -> tuple[bytes, bytes]:
+    """The (old, new) roots RFC 9162 2.1.4.2 computes from ``path``: the proof with the old
+    tree's last complete subtree first (the old root itself when old_size is a power of
+    two). ``0 < old_size < new_size`` and ``path`` is not empty; raises ProofError when it
+    has the wrong length."""
     fn, sn = old_size - 1, new_size - 1
     while fn & 1:
         fn >>= 1
@@ -361,7 +424,4 @@ def verify_consistency(
         sn >>= 1
     if sn != 0:
         raise ProofError("proof is shorter than needed")
-    if fr != old_root:
-        raise ProofError("proof does not lead to the old root", expected=old_root, calculated=fr)
-    if sr != new_root:
-        raise ProofError("proof does not lead to the new root", expected=new_root, calculated=sr)
+    return fr, sr

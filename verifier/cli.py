@@ -31,12 +31,19 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from tlog.errors import InconsistentLogError, MalformedError, VerificationError
-from tlog.evidence import parse_fork_evidence, verify_fork_evidence
+from tlog.evidence import Fork
 from tlog.note import ALG_COSIGNATURE_V1, ALG_ED25519, Verifier, parse_vkey
 from tlog.policy import parse_policy
 from verifier.client import LogClient, LogUnavailableError
 from verifier.monitor import Monitor, Problem, Progress
-from verifier.offline import Report, TrustPolicy, check_bundle, check_checkpoint
+from verifier.offline import (
+    Report,
+    TrustPolicy,
+    anchors_not_checked,
+    check_bundle,
+    check_checkpoint,
+    check_fork_evidence,
+)
 from verifier.online import ForkFoundError, check_consistency, check_inclusion, fetch_receipts
 
 __all__ = [
@@ -48,6 +55,7 @@ __all__ = [
     "UsageError",
     "add_receipts_commands",
     "add_verify_commands",
+    "emit_evidence",
     "load_vkey",
 ]
 
@@ -376,21 +384,38 @@ def _run_monitor(args: argparse.Namespace) -> int:
 
 def _run_evidence(args: argparse.Namespace) -> int:
     policy = _policy(args)
-    try:
-        evidence = parse_fork_evidence(_read(args.file))
-        old, new = verify_fork_evidence(evidence, policy.effective.log_keys)
-    except (VerificationError, MalformedError) as exc:
-        print(f"NOT EVIDENCE OF A FORK  {args.file}: {exc}", file=sys.stderr)
+    report, fork = check_fork_evidence(_read(args.file), policy, subject=args.file)
+    if fork is not None and fork.anchors:
+        confirm = getattr(args, "confirm_anchors", None)
+        if confirm is not None and getattr(args, "rpc", None) is not None:
+            status = confirm(args, report, fork)  # cli.anchor's: the anchors on chain
+            if status is not None:
+                return int(status)
+        else:
+            anchors_not_checked(report, fork, "not checked offline (give --rpc URL)")
+    return emit_evidence(report, fork, as_json=args.json)
+
+
+def emit_evidence(report: Report, fork: Fork | None, *, as_json: bool) -> int:
+    """Print what ``verify evidence`` found; its exit code (10 a fork, 1 none)."""
+    shown = fork is not None and report.ok
+    if as_json:
+        print(json.dumps({**report.to_json(), "fork": shown}, sort_keys=True))
+    if not shown:
+        failed = [c for c in report.checks if c.status == "failed"]
+        print(f"NOT EVIDENCE OF A FORK  {report.subject}: {failed[-1].detail}", file=sys.stderr)
+        for check in report.checks:
+            print(f"  {check.status:<12} {check.name}: {check.detail}", file=sys.stderr)
         return EXIT_FAILED
-    a, b = old.checkpoint, new.checkpoint
+    assert fork is not None  # noqa: S101 -- shown
+    verdict = "FORK" + (f" ({report.not_checked} not checked)" if report.not_checked else "")
     print(
-        f"FORK  {args.file}: {a.origin}: checkpoints of sizes {a.tree_size} and {b.tree_size}, "
-        "both signed by the log, are not one history",
+        f"{verdict}  {report.subject}: {fork.origin}: the log committed to two roots for tree "
+        f"size {fork.tree_size}",
         file=sys.stderr,
     )
-    if args.json:
-        print(json.dumps({"fork": True, "origin": a.origin, "old_size": a.tree_size,
-                          "new_size": b.tree_size}, sort_keys=True))  # fmt: skip
+    for check in report.checks:
+        print(f"  {check.status:<12} {check.name}: {check.detail}", file=sys.stderr)
     return EXIT_FORK
 
 
@@ -512,9 +537,13 @@ def _add_online_commands(
     evidence = verbs.add_parser(
         "evidence",
         help="check a fork evidence file offline (exit 10 if it proves a fork)",
-        description="Check a file written by monitor, inclusion or consistency: both "
-        "checkpoints signed by the log's key, of one origin, and not joined by the proof. "
-        "Exit 10 when it proves a fork, 1 when it does not.",
+        description="Check a fork evidence file (meterlog-fork-evidence/v2, or v1) written by "
+        "monitor, inclusion, consistency, anchor, the witness or the edge submitter: every "
+        "checkpoint in it signed by the log's key, one origin, and a consistency proof that "
+        "leads to the newer tree's root and shows another root at the older size than the "
+        "older commitment's. An anchor in it is taken as stated unless --rpc checks it on "
+        "chain; the output says what was not checked. Exit 10 when it proves a fork, 1 when "
+        "it does not, 2 usage error, 3 the node is unavailable.",
     )
     evidence.add_argument("file", metavar="FILE")
     _add_policy_flags(evidence)

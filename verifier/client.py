@@ -64,8 +64,16 @@ import httpx
 
 from tlog.checkpoint import SignedCheckpoint
 from tlog.errors import MalformedError, ProofError, VerificationError
+from tlog.evidence import verify_checkpoints_consistent
 from tlog.hashing import HASH_SIZE, leaf_hash
-from tlog.merkle import MemoryHashStore, range_hash, range_indexes, root_hash
+from tlog.merkle import (
+    MemoryHashStore,
+    range_hash,
+    range_indexes,
+    root_hash,
+    root_hash_from,
+    root_indexes,
+)
 from tlog.proofs import (
     consistency_proof_from,
     consistency_proof_indexes,
@@ -351,6 +359,31 @@ class VerifiedTree:
         """PROOF(old_size, D[tree_size]), computed here from authenticated tiles."""
         indexes = consistency_proof_indexes(old_size, self.tree_size)
         return consistency_proof_from(old_size, self.tree_size, self.hashes(indexes))
+
+    def prefix_proof(self, size: int) -> tuple[list[bytes], bytes]:
+        """The consistency proof from ``size`` to this tree, and this tree's own root at
+        ``size`` (which a proof from a power of two leaves out), computed here from tiles
+        authenticated in one read: what fork evidence needs (``tlog.evidence``)."""
+        if not 0 <= size <= self.tree_size:
+            raise MalformedError("old_size", f"{size} is not in 0..{self.tree_size}")
+        wanted = consistency_proof_indexes(size, self.tree_size)
+        at_size = root_indexes(size) if 0 < size < self.tree_size else []
+        hashes = self.hashes(wanted + at_size)
+        proof = consistency_proof_from(size, self.tree_size, hashes[: len(wanted)])
+        if size == self.tree_size:
+            return proof, self.signed.checkpoint.root_hash
+        return proof, root_hash_from(size, hashes[len(wanted) :])
+
+    def verify_extends(self, old: SignedCheckpoint) -> None:
+        """Check that ``old`` is a prefix of this tree, by :meth:`prefix_proof`. Raises
+        InconsistentLogError, which is fork evidence, when this tree has another root at
+        ``old``'s size; MalformedError when ``old`` is the larger tree or of another
+        origin."""
+        size = old.checkpoint.tree_size
+        if size > self.tree_size:
+            raise MalformedError("old", f"size {size} is larger than {self.tree_size}")
+        proof, prefix = self.prefix_proof(size)
+        verify_checkpoints_consistent(old, self.signed, proof, prefix=prefix)
 
     def entries(
         self, start: int, end: int, batch: int = 64, *, in_child: bool = False

@@ -48,7 +48,7 @@ from tlog.entry import (
     verify_receipt,
 )
 from tlog.errors import InconsistentLogError, MalformedError, VerificationError
-from tlog.evidence import ForkEvidence, format_fork_evidence, verify_checkpoints_consistent
+from tlog.evidence import ForkEvidence, format_fork_evidence
 from tlog.note import Verifier, format_vkey, parse_vkey, verify_messages
 from verifier.client import LogClient, VerifiedTree
 from verifier.offline import TrustPolicy
@@ -430,14 +430,10 @@ class Monitor:
             return f"first checkpoint: size {size} (trusted on first use)"
         old_size = previous.checkpoint.tree_size
         try:
-            if size > old_size:
-                proof = VerifiedTree(self.client, new).consistency_proof(old_size)
-                verify_checkpoints_consistent(previous, new, proof)
-            elif size == old_size:
-                verify_checkpoints_consistent(previous, new, [])
+            if size >= old_size:
+                VerifiedTree(self.client, new).verify_extends(previous)
             else:
-                proof = VerifiedTree(self.client, previous).consistency_proof(size)
-                verify_checkpoints_consistent(new, previous, proof)
+                VerifiedTree(self.client, previous).verify_extends(new)
         except InconsistentLogError as exc:
             path = self.evidence_path(old_size, size)
             _write_atomic(path, format_fork_evidence(ForkEvidence.from_error(exc)))

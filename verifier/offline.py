@@ -1,7 +1,8 @@
 """Offline checks of checkpoints and proof bundles, with a report of what was and was not checked.
 
-Owns the verifier's answer to "is this file what it claims to be?" for a signed checkpoint
-and for a ``.tlog-proof`` bundle of a meterlog entry, without any network. Every check is
+Owns the verifier's answer to "is this file what it claims to be?" for a signed checkpoint,
+for a ``.tlog-proof`` bundle of a meterlog entry, and for a fork evidence file, without any
+network. Every check is
 tlog's; this module decides which checks a trust policy calls for, runs them in order, stops
 at the first failure, and records each step, so a person (or ``--json``) can see exactly
 what was verified and what was not. Imports tlog only.
@@ -17,11 +18,21 @@ from tlog.bundle import parse_bundle, verify_bundle_inclusion
 from tlog.checkpoint import SignedCheckpoint
 from tlog.entry import EdgeKey, Receipt, decode_entry, verify_edge_key, verify_receipt
 from tlog.errors import MalformedError, VerificationError
+from tlog.evidence import HEADER, HEADER_V1, Anchor, Fork, parse_fork_evidence, verify_fork_evidence
 from tlog.note import Verifier
 from tlog.parsing import encode_b64
 from tlog.policy import Policy, open_checkpoint_with_policy, policy_of
 
-__all__ = ["Check", "Report", "TrustPolicy", "check_bundle", "check_checkpoint", "open_step"]
+__all__ = [
+    "Check",
+    "Report",
+    "TrustPolicy",
+    "anchors_not_checked",
+    "check_bundle",
+    "check_checkpoint",
+    "check_fork_evidence",
+    "open_step",
+]
 
 Status = Literal["ok", "failed", "not checked"]
 
@@ -230,3 +241,80 @@ def _check_signature(
         report.failed(name, exc)
         return
     report.passed(name, f"signed by {key.name}+{key.key_id:08x}")
+
+
+def _describe_side(side: SignedCheckpoint | Anchor, policy: TrustPolicy) -> tuple[str, str]:
+    if isinstance(side, Anchor):
+        return f"anchor of size {side.tree_size}", (
+            f"root {encode_b64(side.root_hash)}, sent by {side.sender} in tx "
+            f"0x{side.tx_hash.hex()} (log index {side.log_index}) of block {side.block_number} "
+            f"(0x{side.block_hash.hex()}) of chain {side.chain_id}, contract {side.contract}: "
+            "as the file states it"
+        )
+    checkpoint = side.checkpoint
+    return f"checkpoint of size {checkpoint.tree_size}", (
+        f"root {encode_b64(checkpoint.root_hash)}, {_describe_signers(side, policy)}"
+    )
+
+
+def check_fork_evidence(
+    data: bytes, policy: TrustPolicy, subject: str = "evidence"
+) -> tuple[Report, Fork | None]:
+    """Check a fork evidence file offline (``tlog.evidence``): the report, and the fork if
+    the file proves one. What no offline check can see — that an anchor in it is on chain,
+    and its sender the log's anchoring address — is left for the caller to check or to
+    record as not checked (:func:`anchors_not_checked`)."""
+    report = Report(subject)
+    try:
+        evidence = parse_fork_evidence(data)
+    except MalformedError as exc:
+        report.failed("format", exc)
+        return report, None
+    version = HEADER if evidence.prefix is not None else HEADER_V1
+    report.passed("format", version)
+    try:
+        fork = verify_fork_evidence(evidence, policy.effective.log_keys)
+    except (VerificationError, MalformedError) as exc:
+        report.failed("fork", exc)
+        return report, None
+    for name, side in (("old", fork.old), ("new", fork.new)):
+        what, detail = _describe_side(side, policy)
+        report.passed(f"{name}: {what}", detail)
+    m, n = fork.tree_size, fork.new_size
+    report.passed(
+        f"two roots for tree size {m}",
+        f"{encode_b64(fork.root_hash)} in the old {_kind(fork.old)}, "
+        f"{encode_b64(fork.other_root)} in the first {m} entries of the new "
+        f"{_kind(fork.new)}'s tree of size {n} (the consistency proof from them leads to "
+        "its root)",
+    )
+    report.facts.update(
+        fork=True,
+        origin=fork.origin,
+        old_size=m,
+        new_size=n,
+        old=_kind(fork.old),
+        new=_kind(fork.new),
+        old_root=encode_b64(fork.root_hash),
+        other_root=encode_b64(fork.other_root),
+    )
+    return report, fork
+
+
+def _kind(side: SignedCheckpoint | Anchor) -> str:
+    return "anchor" if isinstance(side, Anchor) else "checkpoint"
+
+
+def anchors_not_checked(report: Report, fork: Fork, how: str) -> None:
+    """Record, for each anchor of ``fork``, the two facts only a chain can confirm."""
+    for anchor in fork.anchors:
+        report.skipped(
+            f"anchor of size {anchor.tree_size} on chain",
+            f"that tx 0x{anchor.tx_hash.hex()} of block 0x{anchor.block_hash.hex()} on chain "
+            f"{anchor.chain_id} holds this event of the anchor contract {anchor.contract}: "
+            f"{how}",
+        )
+        report.skipped(
+            "anchoring address",
+            f"that {anchor.sender} is the log's anchoring address: {how}",
+        )

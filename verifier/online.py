@@ -20,7 +20,7 @@ from tlog.bundle import ProofBundle, format_bundle, parse_bundle
 from tlog.checkpoint import SignedCheckpoint
 from tlog.entry import EdgeKey, Entry, Receipt, decode_entry, verify_edge_key, verify_receipt
 from tlog.errors import InconsistentLogError, MalformedError, VerificationError
-from tlog.evidence import ForkEvidence, format_fork_evidence, verify_checkpoints_consistent
+from tlog.evidence import ForkEvidence, format_fork_evidence
 from tlog.hashing import leaf_hash
 from tlog.note import Verifier
 from tlog.parsing import encode_b64, parse_decimal
@@ -70,9 +70,8 @@ def prove_consistent(
     writing the evidence) when no proof joins them."""
     old, new = sorted((a, b), key=lambda s: s.checkpoint.tree_size)
     old_size, new_size = old.checkpoint.tree_size, new.checkpoint.tree_size
-    proof = VerifiedTree(client, new).consistency_proof(old_size) if old_size < new_size else []
     try:
-        verify_checkpoints_consistent(old, new, proof)
+        VerifiedTree(client, new).verify_extends(old)
     except InconsistentLogError as exc:
         raise ForkFoundError(exc, _write_evidence(exc, evidence_dir)) from exc
     return old_size, new_size

@@ -4,8 +4,9 @@
 Against anvil, the real ``meterlog serve`` runs as a subprocess on loopback with its job at
 sub-second intervals (anvil mines a block every 0.2 s, so confirmations accrue), and the
 verifier runs as a command (``cli.main.main``, in process): anchors that verify, one sent by
-somebody else (ignored), one of a forked root sent with the log's own key (exit 10 and a
-self-contained evidence file that the test re-checks with tlog alone), the node going down
+somebody else (ignored), one of a forked root sent with the log's own key (exit 10 and an
+evidence file that the test re-checks with tlog alone and with ``meterlog verify evidence``,
+offline and against the chain), the node going down
 and coming back while receipts keep being logged, and a wrong chain ID refused at start —
 with the anchoring key, given in the environment, in none of the server's output. Against
 eth-tester, the app runs in process under uvicorn in a thread, with the same job, and
@@ -28,7 +29,7 @@ import pytest
 import uvicorn
 
 from anchor.chain import address_of, anchor_checkpoint, find_anchors
-from anchor.record import decode_anchored_event
+from anchor.record import AnchorRecord
 from cli.anchor import verify_anchors
 from cli.main import main
 from log_server.app import create_app
@@ -43,10 +44,10 @@ from tests.log_server.server_process import (
     start_server,
     submit,
 )
-from tlog.checkpoint import Checkpoint, open_checkpoint
+from tlog.checkpoint import Checkpoint
 from tlog.errors import ProofError
+from tlog.evidence import parse_fork_evidence, verify_fork_evidence
 from tlog.note import format_vkey, parse_vkey
-from tlog.parsing import decode_b64
 from tlog.proofs import verify_consistency
 
 pytestmark = pytest.mark.slow
@@ -176,13 +177,11 @@ def test_a_served_log_is_anchored_and_its_anchors_verify_and_a_fork_is_caught(
         # The log's own key anchors a root its log cannot prove: a fork.
         forked = anchor_checkpoint(c.chain, c.key, c.contract, bogus)
         monkeypatch.chdir(tmp_path)
-        status, report, err = verify(capsys, server, c, "--evidence", "fork.json")
+        status, report, err = verify(capsys, server, c, "--evidence", "fork.evidence")
         assert status == 10, err
-        assert "FORK" in err and report["evidence"] == "fork.json"
-        evidence = json.loads((tmp_path / "fork.json").read_text())
-        (fork,) = evidence["forks"]
-        assert fork["anchor"]["tx_hash"] == "0x" + forked.tx_hash.hex()
-        check_evidence_alone(fork, server)
+        assert "FORK" in err and report["evidence"] == "fork.evidence"
+        check_evidence_alone(tmp_path / "fork.evidence", server, forked)
+        check_evidence_command(capsys, tmp_path / "fork.evidence", server, c)
 
         # Pinning another address: the log's own anchors no longer count, and it says so.
         status, report, err = verify(capsys, server, c, "--from", "0x" + "00" * 20)
@@ -213,27 +212,44 @@ def test_a_served_log_is_anchored_and_its_anchors_verify_and_a_fork_is_caught(
     assert c.key.secret.hex() not in server.output().lower()
 
 
-def check_evidence_alone(fork: dict[str, Any], server: ServerProcess) -> None:
-    """The evidence file shows the fork with tlog alone: a checkpoint the log key signed,
-    an event from the log's address, and no consistency proof that joins them."""
-    log_key = parse_vkey(fork["log_keys"][0])
-    assert log_key == parse_vkey((server.data_dir / "log.vkey").read_text().strip())
-    signed = open_checkpoint(fork["checkpoint"].encode(), [log_key])
-    event = decode_anchored_event(
-        [bytes.fromhex(t[2:]) for t in fork["anchor"]["event"]["topics"]],
-        bytes.fromhex(fork["anchor"]["event"]["data"][2:]),
-    )
-    assert event.sender == fork["anchor"]["sender"]
-    assert event.origin_hash == hashlib.sha256(signed.checkpoint.origin.encode()).digest()
-    proof = [decode_b64(h, "proof") for h in fork["consistency_proof"]["proof"]]
-    with pytest.raises(ProofError):
-        verify_consistency(
-            event.tree_size,
-            signed.checkpoint.tree_size,
-            proof,
-            event.root_hash,
-            signed.checkpoint.root_hash,
-        )
+def check_evidence_alone(path: Path, server: ServerProcess, forked: AnchorRecord) -> None:
+    """The evidence file shows the fork with tlog alone: the anchor the log's address sent
+    (size 2, a power of two), the checkpoint the log key signed, and the log's own root at
+    size 2 with the proof that leads from it to the checkpoint's root."""
+    log_key = parse_vkey((server.data_dir / "log.vkey").read_text().strip())
+    fork = verify_fork_evidence(parse_fork_evidence(path.read_bytes()), [log_key])
+    assert fork.anchors == [forked.as_evidence()] and fork.old == forked.as_evidence()
+    assert (fork.tree_size, fork.root_hash) == (2, forked.root_hash)
+    with pytest.raises(ProofError):  # what the old check did, and why it proved nothing
+        verify_consistency(2, fork.new_size, [], forked.root_hash, fork.other_root)
+
+
+def check_evidence_command(
+    capsys: pytest.CaptureFixture[str], path: Path, server: ServerProcess, c: DeployedChain
+) -> None:
+    """``meterlog verify evidence`` accepts what ``verify anchor`` wrote: offline, saying what
+    it could not check; with --rpc, the anchor found on chain; with another --from, or an
+    anchor that is not where the file says, not evidence."""
+    key = str(server.data_dir / "log.vkey")
+    capsys.readouterr()
+    assert main(["verify", "evidence", str(path), "--key", key]) == 10
+    err = capsys.readouterr().err
+    assert "FORK (2 not checked)" in err and "not checked offline (give --rpc URL)" in err
+    rpc = ["--rpc", c.endpoint]
+    assert main(["verify", "evidence", str(path), "--key", key, *rpc, "--json"]) == 10
+    out, err = capsys.readouterr()
+    assert json.loads(out)["fork"] is True and "FORK (1 not checked)" in err
+    sender = ["--from", address_of(c.key)]
+    assert main(["verify", "evidence", str(path), "--key", key, *rpc, *sender]) == 10
+    assert "not checked" not in capsys.readouterr().err
+    other = ["--from", address_of(c.other_key)]
+    assert main(["verify", "evidence", str(path), "--key", key, *rpc, *other]) == 1
+    assert "NOT EVIDENCE OF A FORK" in capsys.readouterr().err
+    moved = path.with_name("moved.evidence")
+    moved.write_bytes(path.read_bytes().replace(b"log_index 0\n", b"log_index 7\n"))
+    assert main(["verify", "evidence", str(moved), "--key", key]) == 10  # offline: as stated
+    assert main(["verify", "evidence", str(moved), "--key", key, *rpc]) == 1
+    assert "holds no Anchored event" in capsys.readouterr().err
 
 
 def test_the_node_down_and_back_while_the_log_goes_on(anvil: DeployedChain, tmp_path: Path) -> None:
@@ -332,6 +348,8 @@ def test_the_in_process_chain_anchors_and_verifies(tmp_path: Path) -> None:
                 client, url, anchoring.chain, str(anchoring.contract), [log_key]
             )
             assert verdict.exit_code == 10 and len(verdict.forks) == 1
+            fork = verify_fork_evidence(verdict.forks[0], [log_key])
+            assert fork.tree_size == 1 and fork.root_hash == bytes(32)
             assert len(find_anchors(anchoring.chain, str(anchoring.contract), config.origin)) >= 2
     finally:
         server.should_exit = True

@@ -46,6 +46,7 @@ from tests.log_server.server_process import (
 from tlog.bundle import parse_bundle, verify_bundle
 from tlog.checkpoint import open_checkpoint
 from tlog.entry import Receipt, decode_entry, encode_entry
+from tlog.evidence import parse_fork_evidence, verify_fork_evidence
 from tlog.note import SigningKey
 
 EDGE = SigningKey("edge-submitter-test", bytes([21]) * 32)
@@ -478,6 +479,12 @@ def test_a_forked_log_is_caught(log: ServerProcess, tmp_path: Path) -> None:
             spool.append(fresh(2), now_ms())
             submitter(spool, log).drain(Sleeps())
             honest_size = open_checkpoint(spool.get_meta("checkpoint") or b"", [log.log_key])
+            while honest_size.checkpoint.tree_size & (honest_size.checkpoint.tree_size - 1) == 0:
+                # A proof from a power of two leaves the old root out: it could show no
+                # fork, only fail. One more receipt, so that the proof shows the fork.
+                spool.append(fresh(1), now_ms())
+                submitter(spool, log).drain(Sleeps())
+                honest_size = open_checkpoint(spool.get_meta("checkpoint") or b"", [log.log_key])
             # Make the fork larger than what the spool saw, so it must prove consistency.
             filler = fresh(honest_size.checkpoint.tree_size + 2)
             with Spool(tmp_path / "filler") as other:
@@ -488,6 +495,10 @@ def test_a_forked_log_is_caught(log: ServerProcess, tmp_path: Path) -> None:
                 submitter(spool, forked, url=forked.url).drain(Sleeps())
             assert exc.value.old_checkpoint == spool.get_meta("checkpoint")
             assert spool.status().pending == 1
+            # The evidence it carries is what meterlog verify evidence accepts.
+            fork = verify_fork_evidence(parse_fork_evidence(exc.value.evidence), [log.log_key])
+            assert fork.tree_size == honest_size.checkpoint.tree_size
+            assert fork.root_hash == honest_size.checkpoint.root_hash != fork.other_root
     finally:
         forked.stop()
 

@@ -25,7 +25,7 @@ ERRORS = [
                calculated=b"\2" * 32),
     ProofError("the proof is too long"),
     InconsistentLogError("no proof joins them", old_checkpoint=b"old\n", new_checkpoint=b"new\n",
-                         proof=(b"\3" * 32,)),
+                         proof=(b"\3" * 32,), prefix=b"\4" * 32),
     InvalidSignatureError("log.example", 0x1234ABCD),
     UnknownKeyError("no known key signed it"),
     ValidityError("expired", now_ms=3, valid_from_ms=1, valid_until_ms=2),

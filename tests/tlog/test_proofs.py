@@ -48,6 +48,7 @@ from tlog.merkle import (
 from tlog.proofs import (
     MAX_CONSISTENCY_PROOF_LENGTH,
     MAX_PROOF_LENGTH,
+    consistency_old_root,
     consistency_proof,
     consistency_proof_from,
     consistency_proof_indexes,
@@ -827,6 +828,121 @@ def test_exhaustive_adding_or_removing_a_hash_fails(small: SmallTrees) -> None:
                 if consistency_verifies(m, n, longer, old_root, new_root):
                     accepted.append(("consistency", m, n, "with extra at", i))
     assert accepted == []
+
+
+# ---------------------------------------------------------------------------------------------
+# consistency_old_root: the old root a proof shows, from the new tree's side alone.
+
+
+def old_root_shown(
+    old_size: int, new_size: int, proof: Sequence[bytes], new_root: bytes
+) -> bytes | None:
+    """consistency_old_root as a function to None: the root, or None if it raises ProofError."""
+    try:
+        return consistency_old_root(old_size, new_size, proof, new_root)
+    except ProofError:
+        return None
+
+
+def is_power_of_two(n: int) -> bool:
+    return n & (n - 1) == 0
+
+
+@pytest.mark.slow
+def test_exhaustive_old_root_shown_is_the_prefix_root(small: SmallTrees) -> None:
+    """Every honest proof from a size that is not a power of two shows the reference root of
+    the prefix; from a power of two below the new size, it cannot (the old root is left out)."""
+    for n in range(1, MAX_SIZE + 1):
+        assert consistency_old_root(0, n, [], small.roots[n]) == EMPTY_ROOT
+        for m in range(1, n + 1):
+            shown = old_root_shown(m, n, small.proofs[m, n], small.roots[n])
+            if m < n and is_power_of_two(m):
+                assert shown is None, (m, n)
+            else:
+                assert shown == small.roots[m], (m, n)
+
+
+@pytest.mark.slow
+def test_exhaustive_a_forked_tree_shows_its_own_prefix(small: SmallTrees) -> None:
+    """A tree that shares only its first k entries with another: its proofs show its own
+    prefix roots, which differ from the other's past k — the fork, from the proof alone."""
+    for k in range(MAX_SIZE):
+        other = small.entries[:k] + [b"forked %d" % i for i in range(k, MAX_SIZE)]
+        forked = build_store(other)
+        for n in range(max(k, 1), MAX_SIZE + 1, 7):
+            new_root = root_hash(n, forked)
+            for m in range(1, n):
+                if is_power_of_two(m):
+                    continue
+                shown = consistency_old_root(m, n, consistency_proof(m, n, forked), new_root)
+                assert shown == reference.mth(other[:m]), (k, m, n)
+                assert (shown == small.roots[m]) == (m <= k), (k, m, n)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", range(2, MAX_SIZE + 1))
+def test_exhaustive_old_root_any_flipped_bit_shows_nothing(small: SmallTrees, n: int) -> None:
+    shown = []
+    new_root = small.roots[n]
+    for m in range(3, n):
+        if is_power_of_two(m):
+            continue
+        proof = small.proofs[m, n]
+        for i, h in enumerate(proof):
+            bad = list(proof)
+            for bit in (0, 1, 7, 8, 100, 128, 255):  # every bit: the verify_consistency test
+                bad[i] = flip_bit(h, bit)
+                if old_root_shown(m, n, bad, new_root) is not None:
+                    shown.append((m, i, bit))
+        for bit in (0, 7, 128, 255):
+            if old_root_shown(m, n, proof, flip_bit(new_root, bit)) is not None:
+                shown.append((m, "new_root", bit))
+        for i in range(len(proof)):
+            if old_root_shown(m, n, proof[:i] + proof[i + 1 :], new_root) is not None:
+                shown.append((m, "without", i))
+        for i in range(len(proof) + 1):
+            for extra in (EMPTY_ROOT, new_root, proof[0]):
+                if old_root_shown(m, n, [*proof[:i], extra, *proof[i:]], new_root) is not None:
+                    shown.append((m, "with extra at", i))
+    assert shown == []
+
+
+def test_old_root_shown_at_the_edges(ct8: CtTree) -> None:
+    root = {n: root_hash(n, ct8.store) for n in range(9)}
+    for n in range(1, 9):
+        assert consistency_old_root(n, n, [], root[n]) == root[n]
+        assert consistency_old_root(0, n, [], root[n]) == EMPTY_ROOT
+        for proof in ([root[n]], [EMPTY_ROOT, EMPTY_ROOT]):
+            for m in (0, n):
+                with pytest.raises(ProofError, match="must be empty"):
+                    consistency_old_root(m, n, proof, root[n])
+    assert consistency_old_root(0, 0, [], EMPTY_ROOT) == EMPTY_ROOT
+    with pytest.raises(ProofError, match="larger"):
+        consistency_old_root(5, 3, consistency_proof(3, 5, ct8.store), root[3])
+    with pytest.raises(ProofError, match="empty consistency proof"):
+        consistency_old_root(3, 5, [], root[5])
+    with pytest.raises(ProofError, match="power of two"):
+        consistency_old_root(4, 7, consistency_proof(4, 7, ct8.store), root[7])
+    # The same range and length checks as verify_consistency, before any hashing.
+    for bad in ((2**64, 2**64), (-1, 3), (True, 3)):
+        with pytest.raises(ProofError):
+            consistency_old_root(bad[0], bad[1], [], root[3])
+    with pytest.raises(ProofError, match="more than"):
+        consistency_old_root(3, 5, [EMPTY_ROOT] * (MAX_CONSISTENCY_PROOF_LENGTH + 1), root[5])
+    with pytest.raises(ProofError, match="32-byte"):
+        consistency_old_root(3, 5, [b"short"], root[5])
+
+
+@given(st.data())
+@settings(max_examples=200, deadline=None)
+def test_random_old_roots_shown(
+    big: tuple[list[bytes], MemoryHashStore], data: st.DataObject
+) -> None:
+    entries, store = big
+    n = data.draw(st.integers(4, len(entries)), label="n")
+    m = data.draw(st.integers(3, n - 1).filter(lambda m: not is_power_of_two(m)), label="m")
+    proof = consistency_proof(m, n, store)
+    assert consistency_old_root(m, n, proof, root_hash(n, store)) == root_hash(m, store)
 
 
 def test_old_size_larger_than_new_size_fails(ct8: CtTree) -> None:

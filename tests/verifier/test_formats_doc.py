@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from cli.main import main
 from tlog.checkpoint import Checkpoint, sign_checkpoint
 from tlog.evidence import (
     ForkEvidence,
@@ -75,13 +76,16 @@ def rebuilt(blocks: dict[str, str]) -> dict[str, Any]:
     )
     request = AddCheckpoint(2, tuple(consistency_proof(2, 4, a)), note(a, 4))
     text = note(a, 4).decode().split("\n\n")[0] + "\n"
-    evidence = ForkEvidence(note(a, 4), note(b, 5), tuple(consistency_proof(4, 5, b)))
+    evidence = ForkEvidence(
+        note(a, 4), note(b, 5), tuple(consistency_proof(4, 5, b)), root_hash(4, b)
+    )
     return {
         "policy": policy,
         "add-checkpoint": format_add_checkpoint(request).decode(),
         "cosignature": format_signature_line(text, witness.cosigner(inputs["timestamp_s"])),
         "evidence": format_fork_evidence(evidence).decode(),
         "log": log,
+        "roots": (root_hash(4, a), root_hash(4, b)),
     }
 
 
@@ -100,5 +104,22 @@ def test_doc_blocks_read_back_and_verify(blocks: dict[str, str], rebuilt: dict[s
     cosigned = merge_signatures(request.checkpoint, lines)
     assert open_checkpoint_with_policy(cosigned, policy).checkpoint.tree_size == 4
     evidence = parse_fork_evidence(blocks["evidence"].encode())
-    old, new = verify_fork_evidence(evidence, [rebuilt["log"].verifier()])
-    assert (old.checkpoint.tree_size, new.checkpoint.tree_size) == (4, 5)
+    fork = verify_fork_evidence(evidence, [rebuilt["log"].verifier()])
+    assert (fork.tree_size, fork.new_size) == (4, 5)
+    assert (fork.root_hash, fork.other_root) == rebuilt["roots"]
+
+
+def test_the_doc_evidence_is_a_fork_for_the_command(
+    blocks: dict[str, str], rebuilt: dict[str, Any], tmp_path: Path
+) -> None:
+    """``meterlog verify evidence`` on the doc's file: exit 10; with the prefix line taken
+    out (as a v1 file), 1: from size 4, a power of two, the proof alone shows no root."""
+    vkey = format_vkey(rebuilt["log"].verifier())
+    path = tmp_path / "fork.evidence"
+    path.write_text(blocks["evidence"], encoding="utf-8")
+    assert main(["verify", "evidence", str(path), "--key", vkey]) == 10
+    head, rest = blocks["evidence"].split("\n", 2)[::2], blocks["evidence"].split("\n", 2)[2]
+    v1 = "meterlog-fork-evidence/v1\n" + rest.replace(" checkpoint ", " ")
+    assert head[0] == "meterlog-fork-evidence/v2"
+    path.write_text(v1, encoding="utf-8")
+    assert main(["verify", "evidence", str(path), "--key", vkey]) == 1
