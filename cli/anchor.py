@@ -375,7 +375,7 @@ def _run_verify(args: argparse.Namespace) -> int:
         print(
             f"{len(verdict.forks)} anchor(s) contradict the log's tree: the evidence of the "
             f"first is in {args.evidence}; anyone can check it with meterlog verify evidence "
-            f"{args.evidence} --key KEY --rpc URL",
+            f"{args.evidence} --key KEY --rpc URL --from ADDR",
             file=sys.stderr,
         )
     return verdict.exit_code

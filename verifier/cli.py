@@ -397,10 +397,26 @@ def _run_evidence(args: argparse.Namespace) -> int:
 
 
 def emit_evidence(report: Report, fork: Fork | None, *, as_json: bool) -> int:
-    """Print what ``verify evidence`` found; its exit code (10 a fork, 1 none)."""
-    shown = fork is not None and report.ok
+    """Print what ``verify evidence`` found; its exit code (10 a fork, 1 none).
+
+    An anchor is not signed by the log key: anyone may call the anchor contract with the
+    log's origin hash. So evidence with an anchor in it proves a fork only when every check
+    of the anchor ran -- on chain (--rpc) and sent by the log's anchoring address (--from);
+    with any of them left unchecked it is not proven, and the exit code is 1."""
+    unproven = fork is not None and bool(fork.anchors) and report.not_checked > 0
+    shown = fork is not None and report.ok and not unproven
     if as_json:
         print(json.dumps({**report.to_json(), "fork": shown}, sort_keys=True))
+    if unproven and report.ok:
+        print(
+            f"NOT PROVEN  {report.subject}: the checkpoint side holds, but an anchor is only "
+            "evidence once it is found on chain (--rpc URL), sent by the log's anchoring "
+            "address (--from ADDR)",
+            file=sys.stderr,
+        )
+        for check in report.checks:
+            print(f"  {check.status:<12} {check.name}: {check.detail}", file=sys.stderr)
+        return EXIT_FAILED
     if not shown:
         failed = [c for c in report.checks if c.status == "failed"]
         print(f"NOT EVIDENCE OF A FORK  {report.subject}: {failed[-1].detail}", file=sys.stderr)
@@ -541,9 +557,11 @@ def _add_online_commands(
         "monitor, inclusion, consistency, anchor, the witness or the edge submitter: every "
         "checkpoint in it signed by the log's key, one origin, and a consistency proof that "
         "leads to the newer tree's root and shows another root at the older size than the "
-        "older commitment's. An anchor in it is taken as stated unless --rpc checks it on "
-        "chain; the output says what was not checked. Exit 10 when it proves a fork, 1 when "
-        "it does not, 2 usage error, 3 the node is unavailable.",
+        "older commitment's. An anchor is evidence only when --rpc finds it on chain and "
+        "--from names the log's anchoring address (anyone may call the contract with the "
+        "log's origin hash); without them the output says what was not checked and the fork "
+        "is NOT PROVEN. Exit 10 when it proves a fork, 1 when it does not, 2 usage error, "
+        "3 the node is unavailable.",
     )
     evidence.add_argument("file", metavar="FILE")
     _add_policy_flags(evidence)
